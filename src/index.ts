@@ -1,0 +1,48 @@
+/**
+ * @since 0.1.0
+ */
+export * as BdatEncoder from "./BdatEncoder.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as Capabilities from "./Capabilities.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as DataEncoder from "./DataEncoder.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as Mailbox from "./Mailbox.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SmtpCommand from "./SmtpCommand.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SmtpError from "./SmtpError.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SmtpReply from "./SmtpReply.js"
+
+/**
+ * The error classes, at the package root: the four every command can fail with, and the two precise extras.
+ *
+ * @since 0.1.0
+ */
+export {
+  InvalidInputError,
+  NetworkError,
+  SmtpPermanentError,
+  SmtpProtocolError,
+  SmtpTransientError,
+  TimeoutError
+} from "./SmtpError.js"
