@@ -41,7 +41,7 @@ const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/
 const GENERAL_LITERAL = /^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?:[\x21-\x5A\x5E-\x7E]+$/
 const NON_ASCII = /[^\x00-\x7F]/
 
-const utf8Length = (s: string): number => new TextEncoder().encode(s).length
+const utf8 = new TextEncoder()
 
 /**
  * Tells whether a string holds any character outside US-ASCII.
@@ -67,7 +67,7 @@ const isIPv6 = (s: string): boolean => {
  * Converts a domain's U-labels to A-labels (IDNA, via the platform's URL parser); ASCII domains come back unchanged.
  * `undefined` when the domain cannot be converted.
  */
-const domainToAscii = (domain: string): string | undefined => {
+const asciiDomain = (domain: string): string | undefined => {
   if (isAscii(domain)) return domain
   if (!domain.split(".").every((label) => UNICODE_LABEL.test(label))) return undefined
   if (!URL.canParse(`http://${domain}/`)) return undefined
@@ -95,7 +95,7 @@ const domainProblem = (domain: string): string | undefined => {
       ? undefined
       : "the domain must be dot-separated labels of letters, digits and inner hyphens, each 1 to 63 long"
   }
-  return domainToAscii(domain) === undefined
+  return asciiDomain(domain) === undefined
     ? "the internationalized domain cannot be converted to A-labels"
     : undefined
 }
@@ -144,7 +144,7 @@ export const parse = (input: string, field = "address"): Either.Either<Mailbox, 
   }
   const problem = domainProblem(domain)
   if (problem !== undefined) return fail(problem)
-  if (utf8Length(address) > 254) return fail("the address is longer than 254 octets")
+  if (utf8.encode(address).length > 254) return fail("the address is longer than 254 octets")
   return Either.right(new Mailbox({ localPart, domain }))
 }
 
@@ -178,8 +178,23 @@ export const toAscii = (mailbox: Mailbox, field = "address"): Either.Either<Mail
       new InvalidInputError({ field, reason: "the local part is not ASCII, so the server must offer SMTPUTF8" })
     )
   }
-  const domain = domainToAscii(mailbox.domain)
-  return domain === undefined
-    ? Either.left(new InvalidInputError({ field, reason: "the domain cannot be converted to A-labels" }))
-    : Either.right(domain === mailbox.domain ? mailbox : new Mailbox({ localPart: mailbox.localPart, domain }))
+  return Either.map(
+    domainToAscii(mailbox.domain, field),
+    (domain) => domain === mailbox.domain ? mailbox : new Mailbox({ localPart: mailbox.localPart, domain })
+  )
 }
+
+/**
+ * A valid domain with its U-labels turned into A-labels (`bücher.example` to `xn--bcher-kva.example`), as EHLO and a
+ * server without SMTPUTF8 need it. ASCII domains and address literals come back unchanged.
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const domainToAscii = (domain: string, field = "domain"): Either.Either<string, InvalidInputError> =>
+  Either.flatMap(validateDomain(domain, field), (valid) => {
+    const ascii = asciiDomain(valid)
+    return ascii === undefined
+      ? Either.left(new InvalidInputError({ field, reason: "the domain cannot be converted to A-labels" }))
+      : Either.right(ascii)
+  })

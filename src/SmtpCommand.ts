@@ -352,14 +352,7 @@ const checkPath = (field: string, address: string, allowNull: boolean): Checked<
 
 const checkHelloDomain = (verbName: string, domain: string): Checked<string> => {
   const field = `${verbName} client host name`
-  return Either.flatMap(
-    checkText(field, domain, true),
-    () =>
-      Either.flatMap(Mailbox.validateDomain(domain, field), (valid) =>
-        Mailbox.isAscii(valid)
-          ? Either.right(valid)
-          : Either.map(Mailbox.toAscii(new Mailbox.Mailbox({ localPart: "x", domain: valid }), field), (m) => m.domain))
-  )
+  return Either.flatMap(checkText(field, domain, true), () => Mailbox.domainToAscii(domain, field))
 }
 
 const extensionParameters = (verbName: string, extensions: ExtensionParameters | undefined): Checked<string> => {

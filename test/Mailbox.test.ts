@@ -89,6 +89,14 @@ describe("Mailbox SMTPUTF8 and IDN", () => {
     expect(Either.isLeft(result) && result.left.reason).toContain("SMTPUTF8")
   })
 
+  it("converts a domain alone to A-labels, leaving ASCII domains and literals as they are", () => {
+    expect(Mailbox.domainToAscii("bücher.example")).toEqual(Either.right("xn--bcher-kva.example"))
+    expect(Mailbox.domainToAscii("Mail.Example.org")).toEqual(Either.right("Mail.Example.org"))
+    expect(Mailbox.domainToAscii("[IPv6:::1]")).toEqual(Either.right("[IPv6:::1]"))
+    const bad = Mailbox.domainToAscii("bad domain", "EHLO client host name")
+    expect(Either.isLeft(bad) && bad.left.field).toBe("EHLO client host name")
+  })
+
   it("validates domains for EHLO", () => {
     expect(Mailbox.isDomain("mail.example.org")).toBe(true)
     expect(Mailbox.isDomain("[127.0.0.1]")).toBe(true)
