@@ -97,13 +97,18 @@ export const parse: (
   return result instanceof SmtpReply ? Either.right(result) : Either.left(result)
 }
 
+const inClass = (reply: SmtpReply | number, low: number): boolean => {
+  const code = typeof reply === "number" ? reply : reply.code
+  return code >= low && code < low + 100
+}
+
 /**
- * 2yz: the command succeeded (Poco's `isPositiveCompletion`).
+ * 2yz: the command succeeded (Poco's `isPositiveCompletion`). Takes a reply or a bare code.
  *
  * @since 0.1.0
  * @category predicates
  */
-export const isPositiveCompletion = (reply: SmtpReply): boolean => reply.code >= 200 && reply.code < 300
+export const isPositiveCompletion = (reply: SmtpReply | number): boolean => inClass(reply, 200)
 
 /**
  * 3yz: the command was accepted and the server waits for more (354 after DATA, 334 during AUTH).
@@ -111,7 +116,7 @@ export const isPositiveCompletion = (reply: SmtpReply): boolean => reply.code >=
  * @since 0.1.0
  * @category predicates
  */
-export const isPositiveIntermediate = (reply: SmtpReply): boolean => reply.code >= 300 && reply.code < 400
+export const isPositiveIntermediate = (reply: SmtpReply | number): boolean => inClass(reply, 300)
 
 /**
  * 4yz: the command failed, and the same command may succeed later.
@@ -119,7 +124,7 @@ export const isPositiveIntermediate = (reply: SmtpReply): boolean => reply.code 
  * @since 0.1.0
  * @category predicates
  */
-export const isTransientNegative = (reply: SmtpReply): boolean => reply.code >= 400 && reply.code < 500
+export const isTransientNegative = (reply: SmtpReply | number): boolean => inClass(reply, 400)
 
 /**
  * 5yz: the command failed, and the same command will fail again.
@@ -127,7 +132,7 @@ export const isTransientNegative = (reply: SmtpReply): boolean => reply.code >= 
  * @since 0.1.0
  * @category predicates
  */
-export const isPermanentNegative = (reply: SmtpReply): boolean => reply.code >= 500 && reply.code < 600
+export const isPermanentNegative = (reply: SmtpReply | number): boolean => inClass(reply, 500)
 
 /**
  * Tells whether a reply says the server is closing the connection (421, RFC 5321 §3.8).

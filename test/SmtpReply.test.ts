@@ -127,6 +127,8 @@ describe("SmtpReply.parse", () => {
     expect(classes(354)).toEqual([false, true, false, false])
     expect(classes(451)).toEqual([false, false, true, false])
     expect(classes(554)).toEqual([false, false, false, true])
+    expect([221, 334, 421, 535].map((code) => SmtpReply.isTransientNegative(code))).toEqual([false, false, true, false])
+    expect(SmtpReply.isPositiveCompletion(199)).toBe(false)
   })
 
   it("turns negative replies into the matching error, with the verb and no arguments", () => {
