@@ -83,6 +83,30 @@ describe("SmtpReply.parse", () => {
     expect(reply.text).toBe("4.2.0 is not an enhanced code for a 250")
   })
 
+  it("reads an enhanced status code only in its exact form", () => {
+    expect(parseOk("250 2.1.0").enhancedCode).toBe("2.1.0")
+    expect(parseOk("250 2.1.0").lines).toEqual([""])
+    expect(parseOk("550 5.123.456 Odd but valid").enhancedCode).toBe("5.123.456")
+    for (const text of ["550 5.1.1234 x", "550 5.1 x", "550 5..1 x", "550 5.1.1x", "354 3.0.0 Go ahead", "550 .1.1 x"]) {
+      expect(parseOk(text).enhancedCode).toBeUndefined()
+      expect(parseOk(text).text).toBe(text.slice(4))
+    }
+  })
+
+  it("property: the enhanced status code is what the RFC 3463 grammar matches", () => {
+    const grammar = /^([245])\.(\d{1,3})\.(\d{1,3})(?: |$)/
+    const piece = fc.constantFrom("2", "4", "5", "3", ".", "1", "12", "1234", " ", "x", "")
+    fc.assert(
+      fc.property(fc.constantFrom(250, 354, 451, 550), fc.array(piece, { maxLength: 8 }), (code, pieces) => {
+        const text = pieces.join("")
+        const match = grammar.exec(text)
+        const expected = match !== null && match[1] === String(code)[0] ? match[0].trimEnd() : undefined
+        expect(parseOk(`${code} ${text}`).enhancedCode).toBe(expected)
+      }),
+      { numRuns: 3000 }
+    )
+  })
+
   it("accepts a code alone, and a hyphen line with no text", () => {
     expect(parseOk("250\r\n").lines).toEqual([""])
     expect(parseOk("250-\r\n250 done\r\n").lines).toEqual(["", "done"])

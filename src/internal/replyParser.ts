@@ -15,11 +15,7 @@ const SPACE = 0x20
 const HYPHEN = 0x2d
 const DIGIT_0 = 0x30
 const DIGIT_9 = 0x39
-
-const decoder = new TextDecoder("utf-8")
-
-/** Matches an RFC 3463 enhanced status code at the start of a line's text, with the space after it. */
-const ENHANCED_CODE = /^([245])\.(\d{1,3})\.(\d{1,3})(?: |$)/
+const DOT = 0x2e
 
 /** The default bounds; see `ParserOptions`. */
 export const defaults = {
@@ -30,32 +26,59 @@ export const defaults = {
 
 const noReplies: ReadonlyArray<SmtpReplyType> = []
 
-const isDigit = (byte: number | undefined): boolean => byte !== undefined && byte >= DIGIT_0 && byte <= DIGIT_9
+const isDigit = (code: number): boolean => code >= DIGIT_0 && code <= DIGIT_9
 
-/** Builds the reply from its code and raw text lines, taking the enhanced status code from the lines that carry it. */
-const finishReply = (code: number, texts: ReadonlyArray<string>): SmtpReply => {
-  const classDigit = String(Math.floor(code / 100))
-  let enhancedCode: string | undefined
-  const lines = texts.map((text, i) => {
-    const match = ENHANCED_CODE.exec(text)
-    if (match === null || match[1] !== classDigit) return text
-    if (i === 0) enhancedCode = `${match[1]}.${match[2]}.${match[3]}`
-    return text.slice(match[0].length)
-  })
-  return new SmtpReply({ code, enhancedCode, lines })
+/** Counts the digits from `at`: 1 to 3 of them, or 0 when there are none or too many. */
+const digitRun = (text: string, at: number): number => {
+  let i = at
+  while (i - at < 4 && isDigit(text.charCodeAt(i))) i++
+  return i - at <= 3 ? i - at : 0
 }
 
-interface LineOutcome {
-  readonly reply?: SmtpReply
-  readonly error?: SmtpProtocolError
+/**
+ * The length of the RFC 3463 enhanced status code (`class.subject.detail`) that starts `text`, with the space after
+ * it; 0 when there is none or its class is not the reply's (only 2, 4 and 5 exist).
+ */
+const enhancedCodeLength = (text: string, replyClass: number): number => {
+  if (replyClass === 3 || text.charCodeAt(0) !== DIGIT_0 + replyClass || text.charCodeAt(1) !== DOT) return 0
+  const subject = digitRun(text, 2)
+  if (subject === 0 || text.charCodeAt(2 + subject) !== DOT) return 0
+  const detail = digitRun(text, 3 + subject)
+  const end = 3 + subject + detail
+  if (detail === 0) return 0
+  if (end === text.length) return end
+  return text.charCodeAt(end) === SPACE ? end + 1 : 0
+}
+
+/** Builds the reply from its code and text lines, taking the enhanced status code from the lines that carry it. */
+const finishReply = (code: number, texts: Array<string>): SmtpReply => {
+  const replyClass = Math.floor(code / 100)
+  const first = enhancedCodeLength(texts[0]!, replyClass)
+  if (first === 0) return new SmtpReply({ code, enhancedCode: undefined, lines: texts })
+  const enhancedCode = texts[0]!.slice(0, first).trimEnd()
+  for (let i = 0; i < texts.length; i++) {
+    const length = i === 0 ? first : enhancedCodeLength(texts[i]!, replyClass)
+    if (length > 0) texts[i] = texts[i]!.slice(length)
+  }
+  return new SmtpReply({ code, enhancedCode, lines: texts })
 }
 
 const violation = (reason: string): SmtpProtocolError => new SmtpProtocolError({ reason })
 
-const describeLine = (line: Uint8Array): string => {
-  const shown = JSON.stringify(decoder.decode(line.subarray(0, 40)))
+const describeLine = (line: string): string => {
+  const shown = JSON.stringify(fromLatin1(line.slice(0, 40)))
   return line.length > 40 ? `${shown}…` : shown
 }
+
+const NON_ASCII = /[\x80-\xFF]/
+
+/** Turns octets held as latin1 characters into text: as they are when ASCII, else decoded as UTF-8. */
+const fromLatin1 = (octets: string): string =>
+  NON_ASCII.test(octets) ? Buffer.from(octets, "latin1").toString("utf8") : octets
+
+/** A Buffer view of the bytes, without a copy, for the native `indexOf` and `toString(encoding, start, end)`. */
+const asBuffer = (bytes: Uint8Array): Buffer =>
+  Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length)
 
 /**
  * The parser's state machine. One instance per connection; `push` may be called with any chunking of the stream.
@@ -64,8 +87,8 @@ class ReplyParserImpl {
   private readonly maxLineLength: number
   private readonly maxLines: number
   private readonly maxReplyLength: number
-  /** Pieces of the current line that arrived in earlier chunks, and their total length. */
-  private pending: Array<Uint8Array> = []
+  /** The pieces of the current line that arrived in earlier chunks (octets as latin1), and their total length. */
+  private pending: Array<string> = []
   private pendingLength = 0
   /** The reply being assembled: its code (0 when between replies), its lines' text and its size so far. */
   private code = 0
@@ -83,92 +106,89 @@ class ReplyParserImpl {
     return this.pendingLength + this.replyLength
   }
 
-  readonly push = (chunk: Uint8Array): ParseStep => {
+  readonly push = (input: Uint8Array): ParseStep => {
     if (this.failure !== undefined) return { replies: noReplies, error: this.failure }
+    // One latin1 string per chunk (a native copy, one character per octet) lets every line be a cheap string slice;
+    // only a line holding octets over 0x7F is decoded again, as UTF-8.
+    const chunk = asBuffer(input)
+    const text = chunk.toString("latin1")
     let replies: Array<SmtpReply> | undefined
     let position = 0
-    while (position < chunk.length) {
-      const lf = chunk.indexOf(LF, position)
+    while (position < text.length) {
+      const lf = text.indexOf("\n", position)
       if (lf === -1) {
-        const rest = chunk.length - position
+        const rest = text.length - position
         // A line that is already too long fails now instead of when its end arrives, so it never grows unbounded.
         if (this.pendingLength + rest > this.maxLineLength + 1) {
-          return this.fail(replies, `a line is longer than ${this.maxLineLength} octets`)
+          return this.fail(replies, violation(`a line is longer than ${this.maxLineLength} octets`))
         }
-        this.pending.push(chunk.slice(position))
+        this.pending.push(text.slice(position))
         this.pendingLength += rest
         break
       }
-      let line: Uint8Array
-      if (this.pendingLength === 0) {
-        line = chunk.subarray(position, lf)
-      } else {
-        line = new Uint8Array(this.pendingLength + lf - position)
-        let offset = 0
-        for (const piece of this.pending) {
-          line.set(piece, offset)
-          offset += piece.length
-        }
-        line.set(chunk.subarray(position, lf), offset)
+      let line = text.slice(position, lf)
+      if (this.pendingLength > 0) {
+        this.pending.push(line)
+        line = this.pending.join("")
         this.pending = []
         this.pendingLength = 0
       }
-      const lineEndLength = line.length > 0 && line[line.length - 1] === CR ? 2 : 1
-      const outcome = this.line(line.subarray(0, line.length + 1 - lineEndLength), lineEndLength)
-      if (outcome.error !== undefined) return this.fail(replies, outcome.error)
-      if (outcome.reply !== undefined) {
+      let lineEndLength = 1
+      if (line.charCodeAt(line.length - 1) === CR) {
+        line = line.slice(0, -1)
+        lineEndLength = 2
+      }
+      const outcome = this.line(line, lineEndLength)
+      if (outcome instanceof SmtpProtocolError) return this.fail(replies, outcome)
+      if (outcome !== undefined) {
         if (replies === undefined) replies = []
-        replies.push(outcome.reply)
+        replies.push(outcome)
       }
       position = lf + 1
     }
     return { replies: replies ?? noReplies, error: undefined }
   }
 
-  private fail(replies: ReadonlyArray<SmtpReply> | undefined, reason: string | SmtpProtocolError): ParseStep {
-    this.failure = typeof reason === "string" ? violation(reason) : reason
+  private fail(replies: ReadonlyArray<SmtpReply> | undefined, error: SmtpProtocolError): ParseStep {
+    this.failure = error
     this.pending = []
     this.pendingLength = 0
     this.code = 0
     this.texts = []
     this.replyLength = 0
-    return { replies: replies ?? noReplies, error: this.failure }
+    return { replies: replies ?? noReplies, error }
   }
 
-  /** Handles one line without its line end. */
-  private line(line: Uint8Array, lineEndLength: number): LineOutcome {
-    if (line.length > this.maxLineLength) {
-      return { error: violation(`a line is longer than ${this.maxLineLength} octets`) }
-    }
-    const d0 = line[0], d1 = line[1], d2 = line[2], separator = line[3]
+  /**
+   * Handles one line (octets as latin1 characters, without its line end): the finished reply, a protocol error, or
+   * `undefined` when the reply goes on.
+   */
+  private line(line: string, lineEndLength: number): SmtpReply | SmtpProtocolError | undefined {
+    if (line.length > this.maxLineLength) return violation(`a line is longer than ${this.maxLineLength} octets`)
+    const d0 = line.charCodeAt(0), d1 = line.charCodeAt(1), d2 = line.charCodeAt(2)
     if (!isDigit(d0) || !isDigit(d1) || !isDigit(d2)) {
-      return { error: violation(`a reply line must start with a three-digit code, got ${describeLine(line)}`) }
+      return violation(`a reply line must start with a three-digit code, got ${describeLine(line)}`)
     }
-    const code = (d0! - DIGIT_0) * 100 + (d1! - DIGIT_0) * 10 + (d2! - DIGIT_0)
-    if (code < 200 || code > 599) {
-      return { error: violation(`reply code ${code} is outside 200–599`) }
-    }
+    const code = (d0 - DIGIT_0) * 100 + (d1 - DIGIT_0) * 10 + (d2 - DIGIT_0)
+    if (code < 200 || code > 599) return violation(`reply code ${code} is outside 200–599`)
+    const separator = line.length > 3 ? line.charCodeAt(3) : undefined
     if (separator !== undefined && separator !== SPACE && separator !== HYPHEN) {
-      return { error: violation(`a reply code must be followed by a space or a hyphen, got ${describeLine(line)}`) }
+      return violation(`a reply code must be followed by a space or a hyphen, got ${describeLine(line)}`)
     }
     if (this.code !== 0 && code !== this.code) {
-      return { error: violation(`reply code changed from ${this.code} to ${code} within one reply`) }
+      return violation(`reply code changed from ${this.code} to ${code} within one reply`)
     }
     this.code = code
     this.replyLength += line.length + lineEndLength
-    if (this.replyLength > this.maxReplyLength) {
-      return { error: violation(`a reply is longer than ${this.maxReplyLength} octets`) }
-    }
-    if (this.texts.length >= this.maxLines) {
-      return { error: violation(`a reply has more than ${this.maxLines} lines`) }
-    }
-    this.texts.push(line.length > 4 ? decoder.decode(line.subarray(4)) : "")
-    if (separator === HYPHEN) return {}
+    if (this.replyLength > this.maxReplyLength) return violation(`a reply is longer than ${this.maxReplyLength} octets`)
+    if (this.texts.length >= this.maxLines) return violation(`a reply has more than ${this.maxLines} lines`)
+    this.texts.push(line.length > 4 ? fromLatin1(line.slice(4)) : "")
+    if (separator === HYPHEN) return undefined
     const reply = finishReply(code, this.texts)
     this.code = 0
     this.texts = []
     this.replyLength = 0
-    return { reply }
+    return reply
   }
 }
 
