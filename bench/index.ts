@@ -1,0 +1,70 @@
+/**
+ * The benchmarks of the sans-IO protocol core: `npm run bench`. Prints one table per group; see
+ * docs/benchmarks.md for what each row measures.
+ */
+import { readFileSync } from "node:fs"
+import * as os from "node:os"
+import * as DataEncoding from "./dataEncoding.js"
+import type { Options } from "./harness.js"
+import { measure, table } from "./harness.js"
+import * as ReplyParsing from "./replyParsing.js"
+
+const REPLIES = 1_000_000
+const MAX_SMALL_CHUNK = 64
+const TEXT_SIZE = 100_000_000
+const OPTIONS: Options = { warmupRounds: 1, rounds: 5 }
+
+const cpuModel = (): string => {
+  try {
+    const match = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))
+    if (match?.[1] !== undefined) return match[1].trim()
+  } catch {
+    // Not Linux: fall back to what Node reports.
+  }
+  return os.cpus()[0]?.model ?? "unknown"
+}
+
+const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`
+
+const main = async (): Promise<void> => {
+  const started = performance.now()
+  console.log(`node ${process.version}, ${os.cpus().length} cores, ${cpuModel()}`)
+  console.log(
+    `${OPTIONS.warmupRounds} warm-up round, median of ${OPTIONS.rounds} rounds, cases interleaved; ` +
+      "MB = 10^6 octets; \"x copy\" = MB/s over the chunked copy's MB/s;\n" +
+      "the chunked copies are so fast that each of their samples times 2 to 10 runs back to back (ms are per run)\n"
+  )
+
+  const stream = ReplyParsing.generate(REPLIES, MAX_SMALL_CHUNK, 1)
+  console.log(
+    `Reply stream: ${stream.replies} replies, ${stream.lines} lines, ${mb(stream.bytes.length)}, ` +
+      `${stream.smallChunks.length} small chunks`
+  )
+  const replyCases = ReplyParsing.cases(stream, MAX_SMALL_CHUNK)
+  console.log(table("\nReply parsing, 64 KiB chunks", await measure(replyCases.big, OPTIONS), "replies"))
+  console.log(
+    table(`\nReply parsing, random 1–${MAX_SMALL_CHUNK} B chunks`, await measure(replyCases.small, OPTIONS), "replies")
+  )
+
+  const DataStream = await DataEncoding.loadNodemailer()
+  const texts: ReadonlyArray<readonly [string, DataEncoding.LineEnds]> = [
+    ["mixed line ends (90% CRLF, 7% LF, 3% CR)", { crlf: 90, lf: 7, cr: 3 }],
+    ["CRLF only", { crlf: 1, lf: 0, cr: 0 }],
+    ["LF only", { crlf: 0, lf: 1, cr: 0 }]
+  ]
+  for (const [label, ends] of texts) {
+    const text = DataEncoding.generate(TEXT_SIZE, ends, 2)
+    console.log(
+      `\nDATA text, ${label}: ${mb(text.bytes.length)}, ${text.lines} lines, ${text.dotLines} leading dots, ` +
+        `${text.bareLf} bare LF, ${text.bareCr} bare CR`
+    )
+    console.log(`  check: ${DataEncoding.verify(DataStream, text)}`)
+    console.log(
+      table(`DATA encoding, 64 KiB chunks, ${label}`, await measure(DataEncoding.cases(DataStream, text), OPTIONS))
+    )
+  }
+
+  console.log(`\nTotal ${((performance.now() - started) / 1e3).toFixed(1)} s`)
+}
+
+await main()
