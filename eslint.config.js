@@ -2,7 +2,7 @@ import effectPlugin from "@effect/eslint-plugin"
 import tseslint from "typescript-eslint"
 
 export default tseslint.config(
-  { ignores: ["dist/**", "node_modules/**", "scratch/**"] },
+  { ignores: ["dist/**", "node_modules/**", "scratch/**", ".bench-build/**"] },
   ...tseslint.configs.recommended,
   {
     plugins: { "@effect": effectPlugin },

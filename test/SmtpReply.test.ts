@@ -87,7 +87,9 @@ describe("SmtpReply.parse", () => {
     expect(parseOk("250 2.1.0").enhancedCode).toBe("2.1.0")
     expect(parseOk("250 2.1.0").lines).toEqual([""])
     expect(parseOk("550 5.123.456 Odd but valid").enhancedCode).toBe("5.123.456")
-    for (const text of ["550 5.1.1234 x", "550 5.1 x", "550 5..1 x", "550 5.1.1x", "354 3.0.0 Go ahead", "550 .1.1 x"]) {
+    for (
+      const text of ["550 5.1.1234 x", "550 5.1 x", "550 5..1 x", "550 5.1.1x", "354 3.0.0 Go ahead", "550 .1.1 x"]
+    ) {
       expect(parseOk(text).enhancedCode).toBeUndefined()
       expect(parseOk(text).text).toBe(text.slice(4))
     }
