@@ -187,6 +187,56 @@ export class InvalidInputError extends Data.TaggedError("InvalidInputError")<{
 }
 
 /**
+ * Why TLS failed: the certificate is not trusted, has expired (or is not valid yet), was issued for another name
+ * (Hunny's `BAD_CERTIFICATE_NAME_ERROR`), the handshake itself failed, or TLS was required and the server did not
+ * offer STARTTLS.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TlsFailure =
+  | "untrusted-certificate"
+  | "expired-certificate"
+  | "wrong-host-name"
+  | "handshake"
+  | "not-offered"
+
+/**
+ * The TLS handshake failed, or the certificate was refused. Not retryable: the same server gives the same answer.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TlsError extends Data.TaggedError("TlsError")<{
+  readonly failure: TlsFailure
+  /** The host name the certificate was checked against. */
+  readonly host: string
+  /** The OpenSSL or Node code (`CERT_HAS_EXPIRED`, `ERR_TLS_CERT_ALTNAME_INVALID`, …) when there was one. */
+  readonly code?: string | undefined
+  readonly cause?: unknown
+}> {
+  /**
+   * @since 0.1.0
+   */
+  readonly [TypeId]: TypeId = TypeId
+  /**
+   * @since 0.1.0
+   */
+  override get message(): string {
+    const what = {
+      "untrusted-certificate": "the server's certificate is not trusted",
+      "expired-certificate": "the server's certificate has expired or is not valid yet",
+      "wrong-host-name": `the server's certificate was issued for another name than ${this.host}`,
+      "handshake": "the TLS handshake failed",
+      "not-offered": "TLS is required but the server does not offer STARTTLS"
+    }[this.failure]
+    const code = this.code === undefined ? "" : ` (${this.code})`
+    const cause = this.cause instanceof Error ? `: ${this.cause.message}` : ""
+    return `TLS with ${this.host}: ${what}${code}${cause}`
+  }
+}
+
+/**
  * Any error effect-smtp fails with.
  *
  * @since 0.1.0
@@ -199,6 +249,7 @@ export type SmtpError =
   | SmtpPermanentError
   | SmtpProtocolError
   | InvalidInputError
+  | TlsError
 
 /**
  * Tells whether a value is one of effect-smtp's errors.

@@ -34,7 +34,7 @@ export * as SmtpError from "./SmtpError.js"
 export * as SmtpReply from "./SmtpReply.js"
 
 /**
- * The error classes, at the package root: the four every command can fail with, and the two precise extras.
+ * The error classes, at the package root: the four every command can fail with, and the precise extras.
  *
  * @since 0.1.0
  */
@@ -44,5 +44,6 @@ export {
   SmtpPermanentError,
   SmtpProtocolError,
   SmtpTransientError,
-  TimeoutError
+  TimeoutError,
+  TlsError
 } from "./SmtpError.js"

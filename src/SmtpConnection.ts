@@ -1,0 +1,287 @@
+/**
+ * A scoped SMTP (or LMTP) session: connect, greeting, EHLO with HELO fallback, STARTTLS, and every command as an
+ * Effect whose error channel lists what can really go wrong. Closing the scope sends QUIT (bounded by a short
+ * timeout) and closes the socket, after success, failure or interruption.
+ *
+ * @since 0.1.0
+ */
+import type * as Duration from "effect/Duration"
+import type * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
+import type * as Capabilities from "./Capabilities.js"
+import * as internal from "./internal/connection.js"
+import type * as SmtpCommand from "./SmtpCommand.js"
+import type {
+  InvalidInputError,
+  NetworkError,
+  SmtpPermanentError,
+  SmtpProtocolError,
+  SmtpTransientError,
+  TimeoutError,
+  TlsError
+} from "./SmtpError.js"
+import type { SmtpReply } from "./SmtpReply.js"
+import type { Endpoints, SmtpTransport, TlsDetails, TlsOptions } from "./SmtpTransport.js"
+
+/**
+ * How the connection uses TLS: `implicit` (TLS from the first byte, port 465), `starttls` (STARTTLS required: fail
+ * when the server does not offer it), `opportunistic` (STARTTLS when offered, else plaintext) or `none`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TlsMode = "implicit" | "starttls" | "opportunistic" | "none"
+
+/**
+ * One timeout per phase (RFC 5321 §4.5.3.2 where it gives one).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Timeouts {
+  /** TCP connect and, with implicit TLS, the handshake. Default 30 s. */
+  readonly connect: Duration.DurationInput
+  /** The server's 220 greeting. Default 5 min. */
+  readonly greeting: Duration.DurationInput
+  /** EHLO, HELO and LHLO. Default 5 min. */
+  readonly hello: Duration.DurationInput
+  /** STARTTLS and its handshake. Default 2 min. */
+  readonly startTls: Duration.DurationInput
+  /** Each step of an AUTH exchange. Default 5 min. */
+  readonly auth: Duration.DurationInput
+  /** MAIL FROM. Default 5 min. */
+  readonly mail: Duration.DurationInput
+  /** Each RCPT TO. Default 5 min. */
+  readonly rcpt: Duration.DurationInput
+  /** The 354 reply to DATA. Default 2 min. */
+  readonly dataStart: Duration.DurationInput
+  /** Each write of the message body. Default 3 min. */
+  readonly dataBlock: Duration.DurationInput
+  /** The reply after the end of data (or the last BDAT). Default 10 min. */
+  readonly dataEnd: Duration.DurationInput
+  /** RSET, NOOP, VRFY, EXPN, HELP and raw commands. Default 5 min. */
+  readonly command: Duration.DurationInput
+  /** QUIT when the connection is released. Default 5 s. */
+  readonly quit: Duration.DurationInput
+}
+
+/**
+ * The default timeouts: RFC 5321 §4.5.3.2 for the phases it names.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const defaultTimeouts: Timeouts = internal.defaultTimeouts
+
+/**
+ * Options of `make`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  readonly host: string
+  /** Default 465 with implicit TLS, else 25 (24 is customary for LMTP, but give it). */
+  readonly port?: number | undefined
+  /** Default "opportunistic". */
+  readonly tls?: TlsMode | undefined
+  readonly tlsOptions?: TlsOptions | undefined
+  /** Speak LMTP (RFC 2033): LHLO instead of EHLO. */
+  readonly lmtp?: boolean | undefined
+  /** The name sent with EHLO/HELO/LHLO; default this host's name when it is a fully qualified domain, else an
+   * address literal of the local address. */
+  readonly clientName?: string | undefined
+  /** Per-phase timeouts, each overriding the default. */
+  readonly timeouts?: Partial<Timeouts> | undefined
+  /** One timeout for every phase, overriding the others (Poco's `setTimeout`). */
+  readonly timeout?: Duration.DurationInput | undefined
+  /** Log a warning when one command takes longer than this (Qore's warning queue). */
+  readonly slowCommandThreshold?: Duration.DurationInput | undefined
+}
+
+/**
+ * One line of the session as sent or received. AUTH payloads are never shown (`AUTH PLAIN <redacted>`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TranscriptEntry {
+  readonly direction: "client" | "server"
+  readonly line: string
+  /** Milliseconds since the epoch. */
+  readonly at: number
+}
+
+/**
+ * Per-connection figures (Qore's `getUsageInfo`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Usage {
+  readonly bytesSent: number
+  readonly bytesReceived: number
+  /** Time spent writing, until the system took the bytes. */
+  readonly sendingMillis: number
+  /** Time spent waiting for and reading replies. */
+  readonly receivingMillis: number
+}
+
+/**
+ * What is known of the session.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface State {
+  readonly greeting: SmtpReply
+  /** The capabilities from the last EHLO or LHLO; empty after HELO. */
+  readonly capabilities: Capabilities.Capabilities
+  /** True when the server answered EHLO (or LHLO), false after a HELO fallback. */
+  readonly extended: boolean
+  readonly secure: boolean
+  readonly tls: TlsDetails | undefined
+  /** The SASL mechanism that authenticated the session, if one did. */
+  readonly authenticated: string | undefined
+  readonly endpoints: Endpoints
+  /** True once the connection was closed: by QUIT, or after a failure that left its state unknown. */
+  readonly closed: boolean
+}
+
+/**
+ * A message body: bytes, a string (sent as UTF-8), or a stream of bytes.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Body<E = never, R = never> = Uint8Array | string | Stream.Stream<Uint8Array, E, R>
+
+/**
+ * The envelope of one transaction.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Envelope {
+  /** The reverse-path; "" for the null reverse-path `<>`. */
+  readonly from: string
+  readonly to: ReadonlyArray<string>
+  readonly mailParameters?: SmtpCommand.MailParameters | undefined
+  readonly rcptParameters?: SmtpCommand.RcptParameters | undefined
+}
+
+/**
+ * What happened to one transaction: the recipients the server took, those it refused (with why), and its final reply
+ * (which often holds the queue id).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface SendResult {
+  readonly accepted: ReadonlyArray<{ readonly recipient: string; readonly reply: SmtpReply }>
+  readonly rejected: ReadonlyArray<
+    { readonly recipient: string; readonly error: SmtpTransientError | SmtpPermanentError }
+  >
+  readonly response: SmtpReply
+}
+
+/**
+ * What a command that gets a reply can fail with: the reply was negative, or the connection failed.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ReplyError = NetworkError | TimeoutError | SmtpProtocolError | SmtpTransientError | SmtpPermanentError
+
+/**
+ * What reading any reply can fail with: the connection failed, without a negative reply.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ReadError = NetworkError | TimeoutError | SmtpProtocolError
+
+/**
+ * A live session. Commands on one connection run one at a time (Qore's per-object mutex); a connection that saw a
+ * timeout, a protocol violation, a network failure, a 421 or an interruption mid-command is closed and refuses
+ * further commands with a `NetworkError`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface SmtpConnection {
+  readonly state: Effect.Effect<State>
+  /** Every line sent and received, redacted; a late subscriber first gets the last 1,000 lines. */
+  readonly transcript: Stream.Stream<TranscriptEntry>
+  readonly usage: Effect.Effect<Usage>
+  /** Sets the usage figures back to zero (Qore's `clearStats`). */
+  readonly resetUsage: Effect.Effect<void>
+
+  /** EHLO; the new capabilities replace the old. */
+  readonly ehlo: (clientName?: string) => Effect.Effect<Capabilities.Capabilities, ReplyError | InvalidInputError>
+  /** HELO; leaves the session without extensions. */
+  readonly helo: (clientName?: string) => Effect.Effect<SmtpReply, ReplyError | InvalidInputError>
+  /** LHLO (LMTP). */
+  readonly lhlo: (clientName?: string) => Effect.Effect<Capabilities.Capabilities, ReplyError | InvalidInputError>
+  /** STARTTLS, the handshake, and EHLO (or LHLO) again, as RFC 3207 §4.2 requires. */
+  readonly startTls: (options?: TlsOptions) => Effect.Effect<TlsDetails, ReplyError | TlsError>
+  readonly mail: (
+    from: string,
+    parameters?: SmtpCommand.MailParameters
+  ) => Effect.Effect<SmtpReply, ReplyError | InvalidInputError>
+  readonly rcpt: (
+    to: string,
+    parameters?: SmtpCommand.RcptParameters
+  ) => Effect.Effect<SmtpReply, ReplyError | InvalidInputError>
+  /**
+   * DATA, then the body (CRLF-canonical, dot-stuffed, lines over 998 octets refused unless allowed), then the reply to
+   * the end of data. A body that fails midway closes the connection: a started DATA cannot be taken back.
+   */
+  readonly data: <E = never, R = never>(
+    body: Body<E, R>,
+    options?: { readonly allowLongLines?: boolean | undefined }
+  ) => Effect.Effect<SmtpReply, ReplyError | InvalidInputError | E, R>
+  /** One BDAT chunk (RFC 3030), sent as given; `last` ends the message. */
+  readonly bdat: (chunk: Uint8Array, last: boolean) => Effect.Effect<SmtpReply, ReplyError>
+  readonly rset: Effect.Effect<SmtpReply, ReplyError>
+  readonly noop: (text?: string) => Effect.Effect<SmtpReply, ReplyError | InvalidInputError>
+  readonly vrfy: (text: string) => Effect.Effect<SmtpReply, ReplyError | InvalidInputError>
+  readonly expn: (text: string) => Effect.Effect<SmtpReply, ReplyError | InvalidInputError>
+  readonly help: (topic?: string) => Effect.Effect<SmtpReply, ReplyError | InvalidInputError>
+  /** QUIT now; the connection is closed afterwards and its release does nothing more. */
+  readonly quit: Effect.Effect<SmtpReply, ReplyError>
+  /**
+   * Any command, for extensions (Hunny's `SendCommand`, Poco's `sendCommand`): returns the reply whatever its class.
+   */
+  readonly command: (command: SmtpCommand.SmtpCommand) => Effect.Effect<SmtpReply, ReadError | InvalidInputError>
+  /** Reads one more reply (Hunny's `ReceiveResponse`, D's `getResponse`). */
+  readonly readReply: Effect.Effect<SmtpReply, ReadError>
+  /**
+   * MAIL, one RCPT per recipient, DATA and the body. Addresses are all checked before anything is sent. Refused
+   * recipients are reported; when every recipient is refused, the transaction is reset and the send fails
+   * (transient if any refusal was 4xx).
+   */
+  readonly send: <E = never, R = never>(
+    envelope: Envelope,
+    body: Body<E, R>
+  ) => Effect.Effect<SendResult, ReplyError | InvalidInputError | E, R>
+}
+
+/**
+ * What opening a connection can fail with.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ConnectError = ReplyError | TlsError | InvalidInputError
+
+/**
+ * Opens a session: connect, read the greeting, EHLO (HELO if the server answers 500 or 502; LHLO for LMTP), and
+ * STARTTLS as the TLS mode says. The connection lives in the scope.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: (options: Options) => Effect.Effect<SmtpConnection, ConnectError, Scope.Scope | SmtpTransport> =
+  internal.make

@@ -1,0 +1,506 @@
+/**
+ * The session behind `SmtpConnection`: one primitive, "write a group of commands, then read one reply per command in
+ * order" (RFC 2920), and every command built on it.
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as PubSub from "effect/PubSub"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as os from "node:os"
+import * as Capabilities from "../Capabilities.js"
+import * as DataEncoder from "../DataEncoder.js"
+import * as Mailbox from "../Mailbox.js"
+import * as SmtpCommand from "../SmtpCommand.js"
+import type * as SmtpConnection from "../SmtpConnection.js"
+import { NetworkError, SmtpProtocolError, TimeoutError, TlsError } from "../SmtpError.js"
+import type { InvalidInputError, SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
+import * as SmtpReply from "../SmtpReply.js"
+import { SmtpTransport } from "../SmtpTransport.js"
+import type { SmtpSocket, TlsDetails, TlsOptions } from "../SmtpTransport.js"
+
+type Timeouts = SmtpConnection.Timeouts
+type Phase = keyof Timeouts
+type ReplyError = SmtpConnection.ReplyError
+type ReadError = SmtpConnection.ReadError
+
+export const defaultTimeouts: Timeouts = {
+  connect: "30 seconds",
+  greeting: "5 minutes",
+  hello: "5 minutes",
+  startTls: "2 minutes",
+  auth: "5 minutes",
+  mail: "5 minutes",
+  rcpt: "5 minutes",
+  dataStart: "2 minutes",
+  dataBlock: "3 minutes",
+  dataEnd: "10 minutes",
+  command: "5 minutes",
+  quit: "5 seconds"
+}
+
+/** What each phase is called in a `TimeoutError`. */
+const phaseNames: Record<Phase, string> = {
+  connect: "connect",
+  greeting: "the greeting",
+  hello: "the reply to EHLO/HELO/LHLO",
+  startTls: "STARTTLS",
+  auth: "an AUTH step",
+  mail: "the reply to MAIL",
+  rcpt: "the reply to RCPT",
+  dataStart: "the reply to DATA",
+  dataBlock: "a write of the message body",
+  dataEnd: "the reply to the end of data",
+  command: "the reply to a command",
+  quit: "the reply to QUIT"
+}
+
+/** The timeout that bounds the reply to each command. */
+const phases: Record<SmtpCommand.SmtpCommand["_tag"], Phase> = {
+  Ehlo: "hello",
+  Helo: "hello",
+  Lhlo: "hello",
+  Mail: "mail",
+  Rcpt: "rcpt",
+  Data: "dataStart",
+  Bdat: "dataEnd",
+  Rset: "command",
+  Noop: "command",
+  Vrfy: "command",
+  Expn: "command",
+  Help: "command",
+  Quit: "quit",
+  StartTls: "startTls",
+  Auth: "auth",
+  AuthResponse: "auth",
+  AuthCancel: "auth",
+  Raw: "command"
+}
+
+const phaseOf = (command: SmtpCommand.SmtpCommand): Phase => phases[command._tag]
+
+/** The client name: this host's name when it is a fully qualified domain, else an address literal (RFC 5321 §4.1.4). */
+const defaultClientName = (localAddress: string): string => {
+  const hostname = os.hostname()
+  if (hostname.includes(".") && Mailbox.isDomain(hostname)) return hostname
+  if (localAddress.includes(":")) {
+    const v4 = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(localAddress)
+    return v4 === null ? `[IPv6:${localAddress}]` : `[${v4[1]}]`
+  }
+  return localAddress === "" ? "[127.0.0.1]" : `[${localAddress}]`
+}
+
+const closedError = (reason: string) =>
+  new NetworkError({ operation: "use", code: "ECLOSED", cause: new Error(reason) })
+
+const encoder = new TextEncoder()
+
+/** Reply codes that mean the command worked, per command. */
+const expectedClass = (command: SmtpCommand.SmtpCommand): (reply: SmtpReply.SmtpReply) => boolean =>
+  SmtpCommand.$is("Data")(command) ? (reply) => reply.code === 354 : SmtpReply.isPositiveCompletion
+
+export const make = (
+  options: SmtpConnection.Options
+): Effect.Effect<SmtpConnection.SmtpConnection, SmtpConnection.ConnectError, Scope.Scope | SmtpTransport> =>
+  Effect.gen(function*() {
+    const transport = yield* SmtpTransport
+    const tlsMode = options.tls ?? "opportunistic"
+    const lmtp = options.lmtp ?? false
+    const port = options.port ?? (tlsMode === "implicit" ? 465 : 25)
+    const timeouts: Timeouts = options.timeout === undefined
+      ? { ...defaultTimeouts, ...options.timeouts }
+      : Object.fromEntries(Object.keys(defaultTimeouts).map((key) => [key, options.timeout])) as unknown as Timeouts
+    const timeoutOf = (phase: Phase) => Duration.decode(timeouts[phase])
+    const slowThreshold = options.slowCommandThreshold === undefined
+      ? undefined
+      : Duration.toMillis(Duration.decode(options.slowCommandThreshold))
+    const tlsOptions: TlsOptions = options.tlsOptions ?? {}
+    const spanAttributes = { "server.address": options.host, "server.port": port }
+
+    const transcriptHub = yield* PubSub.unbounded<SmtpConnection.TranscriptEntry>({ replay: 1000 })
+    yield* Effect.addFinalizer(() => PubSub.shutdown(transcriptHub))
+    const record = (direction: "client" | "server", line: string) =>
+      PubSub.publish(transcriptHub, { direction, line, at: Date.now() })
+
+    const socket: SmtpSocket = yield* transport.connect({
+      host: options.host,
+      port,
+      tls: tlsMode === "implicit" ? tlsOptions : undefined,
+      connectTimeout: timeoutOf("connect")
+    })
+
+    // Session state. Mutated only while holding `lock`.
+    let parser = SmtpReply.makeParser()
+    let parsed: Array<SmtpReply.SmtpReply> = []
+    let parseFailure: SmtpProtocolError | undefined
+    let broken: NetworkError | undefined
+    let quitSent = false
+    let capabilities = Capabilities.empty
+    let extended = false
+    let authenticated: string | undefined
+    const usage = { bytesSent: 0, bytesReceived: 0, sendingMillis: 0, receivingMillis: 0 }
+    const lock = yield* Effect.makeSemaphore(1)
+
+    /** Closes the socket after a failure that leaves the session's state unknown. */
+    const breakConnection = (reason: string) =>
+      Effect.suspend(() => {
+        if (broken === undefined) broken = closedError(`the connection was closed after ${reason}`)
+        return socket.destroy
+      })
+
+    const timed = <A, E>(phase: Phase, mayHaveBeenDelivered: boolean) => (effect: Effect.Effect<A, E>) =>
+      Effect.timeoutFail(effect, {
+        duration: timeoutOf(phase),
+        onTimeout: () =>
+          new TimeoutError({
+            phase: phaseNames[phase],
+            timeoutMillis: Duration.toMillis(timeoutOf(phase)),
+            mayHaveBeenDelivered
+          })
+      })
+
+    /** The next reply, reading from the socket as needed. */
+    const nextReply = (verb: string | undefined): Effect.Effect<SmtpReply.SmtpReply, ReadError> =>
+      Effect.suspend(() => {
+        const ready = parsed.shift()
+        if (ready !== undefined) return Effect.succeed(ready)
+        if (parseFailure !== undefined) {
+          return Effect.fail(new SmtpProtocolError({ reason: parseFailure.reason, command: verb }))
+        }
+        const started = Date.now()
+        return Effect.flatMap(socket.read, (chunk) => {
+          usage.receivingMillis += Date.now() - started
+          usage.bytesReceived += chunk.length
+          const step = parser.push(chunk)
+          parsed = parsed.concat(step.replies)
+          if (step.error !== undefined) parseFailure = step.error
+          return nextReply(verb)
+        })
+      })
+
+    const readReply = (phase: Phase, verb: string | undefined, mayHaveBeenDelivered = false) =>
+      nextReply(verb).pipe(
+        timed(phase, mayHaveBeenDelivered),
+        Effect.tap((reply) =>
+          Effect.forEach(
+            SmtpReply.format(reply).split("\r\n").slice(0, -1),
+            (line) => record("server", line),
+            { discard: true }
+          )
+        )
+      )
+
+    const writeBytes = (chunks: ReadonlyArray<Uint8Array>, phase: Phase) =>
+      Effect.suspend(() => {
+        const started = Date.now()
+        return socket.write(chunks).pipe(
+          timed(phase, false),
+          Effect.tap(() => {
+            usage.sendingMillis += Date.now() - started
+            for (const chunk of chunks) usage.bytesSent += chunk.length
+          })
+        )
+      })
+
+    /**
+     * Runs `effect` as one use of the connection: one at a time, refused when the connection is closed, and closing
+     * it when the effect fails in a way that leaves the session's state unknown or is interrupted midway.
+     */
+    const use = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | NetworkError, R> =>
+      lock.withPermits(1)(
+        Effect.suspend((): Effect.Effect<A, E | NetworkError, R> => broken !== undefined ? Effect.fail(broken) : effect)
+          .pipe(
+            Effect.tapError((error) => {
+              const tag = (error as { readonly _tag?: string })._tag
+              return tag === "NetworkError" || tag === "TimeoutError" || tag === "SmtpProtocolError" ||
+                  tag === "TlsError"
+                ? breakConnection(`a ${tag}`)
+                : Effect.void
+            }),
+            Effect.onInterrupt(() => breakConnection("an interruption"))
+          )
+      )
+
+    /** Checks a reply: a 421 closes the connection; a reply outside `ok` fails with its error. */
+    const check = (
+      reply: SmtpReply.SmtpReply,
+      verb: string,
+      ok: (reply: SmtpReply.SmtpReply) => boolean
+    ): Effect.Effect<SmtpReply.SmtpReply, SmtpTransientError | SmtpPermanentError | SmtpProtocolError> => {
+      if (ok(reply)) return Effect.succeed(reply)
+      if (SmtpReply.isServiceClosing(reply)) {
+        return Effect.zipRight(breakConnection("a 421 reply"), Effect.fail(SmtpReply.toError(reply, verb)))
+      }
+      if (SmtpReply.isTransientNegative(reply) || SmtpReply.isPermanentNegative(reply)) {
+        return Effect.fail(SmtpReply.toError(reply, verb))
+      }
+      return Effect.fail(new SmtpProtocolError({ reason: `unexpected reply ${reply.code}`, command: verb }))
+    }
+
+    const warnIfSlow = (verb: string, started: number) =>
+      Effect.suspend(() => {
+        const took = Date.now() - started
+        return slowThreshold !== undefined && took > slowThreshold
+          ? Effect.logWarning(`SMTP ${verb} took ${took} ms`).pipe(
+            Effect.annotateLogs({ "smtp.command": verb, "server.address": options.host, "duration.ms": took })
+          )
+          : Effect.void
+      })
+
+    /** Writes a group of commands in one write and reads one reply per command, in order (RFC 2920). */
+    const exchangeGroup = (
+      commands: ReadonlyArray<SmtpCommand.SmtpCommand>
+    ): Effect.Effect<ReadonlyArray<SmtpReply.SmtpReply>, ReadError | InvalidInputError> =>
+      Effect.gen(function*() {
+        const bytes = yield* SmtpCommand.encodeGroup(commands)
+        const started = Date.now()
+        for (const command of commands) yield* record("client", SmtpCommand.toTranscript(command))
+        yield* writeBytes([bytes], phaseOf(commands[0]!))
+        const replies: Array<SmtpReply.SmtpReply> = []
+        for (const command of commands) {
+          const verb = SmtpCommand.verb(command)
+          replies.push(yield* readReply(phaseOf(command), verb))
+          yield* Effect.annotateCurrentSpan("smtp.reply.code", replies[replies.length - 1]!.code)
+          yield* warnIfSlow(verb, started)
+        }
+        return replies
+      })
+
+    const exchange = (command: SmtpCommand.SmtpCommand) =>
+      Effect.map(exchangeGroup([command]), (replies) => replies[0]!)
+
+    /** One command whose reply must be in the expected class. */
+    const simple = (
+      command: SmtpCommand.SmtpCommand
+    ): Effect.Effect<SmtpReply.SmtpReply, ReplyError | InvalidInputError> => {
+      const verb = SmtpCommand.verb(command)
+      return use(Effect.flatMap(exchange(command), (reply) => check(reply, verb, expectedClass(command)))).pipe(
+        Effect.withSpan(`smtp.${verb.toLowerCase()}`, {
+          kind: "client",
+          attributes: { ...spanAttributes, "smtp.command": verb }
+        })
+      )
+    }
+
+    /** A command without arguments, which cannot be invalid input. */
+    const fixed = (command: SmtpCommand.SmtpCommand): Effect.Effect<SmtpReply.SmtpReply, ReplyError> =>
+      simple(command).pipe(Effect.catchTag("InvalidInputError", (error) => Effect.die(error)))
+
+    const clientName = (name: string | undefined) =>
+      name ?? options.clientName ?? defaultClientName(socket.endpoints.localAddress)
+
+    const hello = (verb: "EHLO" | "LHLO", name: string | undefined) =>
+      Effect.map(
+        simple(verb === "EHLO" ? SmtpCommand.ehlo(clientName(name)) : SmtpCommand.lhlo(clientName(name))),
+        (reply) => {
+          capabilities = Capabilities.fromReply(reply)
+          extended = true
+          return capabilities
+        }
+      )
+
+    const ehlo = (name?: string) => hello("EHLO", name)
+    const lhlo = (name?: string) => hello("LHLO", name)
+    const helo = (name?: string) =>
+      Effect.map(simple(SmtpCommand.helo(clientName(name))), (reply) => {
+        capabilities = Capabilities.empty
+        extended = false
+        return reply
+      })
+
+    /** EHLO, falling back to HELO only when the server does not know EHLO (500 or 502); LHLO for LMTP. */
+    const greet = lmtp
+      ? lhlo()
+      : ehlo().pipe(
+        Effect.catchIf(
+          (error): error is SmtpPermanentError =>
+            error._tag === "SmtpPermanentError" && (error.code === 500 || error.code === 502),
+          () => Effect.as(helo(), Capabilities.empty)
+        )
+      )
+
+    const startTls = (overrides?: TlsOptions): Effect.Effect<TlsDetails, ReplyError | TlsError> =>
+      Effect.gen(function*() {
+        const details = yield* use(
+          Effect.gen(function*() {
+            const reply = yield* exchange(SmtpCommand.startTls).pipe(Effect.orDie)
+            yield* check(reply, "STARTTLS", (r) => r.code === 220)
+            // Whatever the server sent after its 220 is dropped with the parser and with the transport's buffer.
+            parser = SmtpReply.makeParser()
+            parsed = []
+            parseFailure = undefined
+            const details = yield* socket.upgradeToTls({ ...tlsOptions, ...overrides }).pipe(timed("startTls", false))
+            capabilities = Capabilities.empty
+            extended = false
+            return details
+          })
+        )
+        yield* (lmtp ? lhlo() : ehlo()).pipe(
+          Effect.catchTag("InvalidInputError", (error) => Effect.die(error))
+        )
+        return details
+      }).pipe(
+        Effect.withSpan("smtp.starttls", {
+          kind: "client",
+          attributes: { ...spanAttributes, "smtp.command": "STARTTLS" }
+        })
+      )
+
+    /** Writes a body after a 354: canonical, dot-stuffed, bounded per write; then reads the end-of-data reply. */
+    const sendBody = <E, R>(body: SmtpConnection.Body<E, R>, allowLongLines: boolean) =>
+      Effect.gen(function*() {
+        const dataEncoder = DataEncoder.make({ allowLongLines })
+        let octets = 0
+        const writeChunk = (chunk: Uint8Array) =>
+          Effect.flatMap(dataEncoder.push(chunk), (encoded) => {
+            octets += chunk.length
+            return encoded.length === 0 ? Effect.void : writeBytes([encoded], "dataBlock")
+          })
+        if (typeof body === "string") yield* writeChunk(encoder.encode(body))
+        else if (body instanceof Uint8Array) yield* writeChunk(body)
+        else yield* Stream.runForEach(body, writeChunk)
+        yield* writeBytes([yield* dataEncoder.end()], "dataBlock")
+        yield* record("client", `<message body, ${octets} octets, then .>`)
+        return yield* readReply("dataEnd", "DATA", true)
+      })
+
+    const data = <E = never, R = never>(
+      body: SmtpConnection.Body<E, R>,
+      dataOptions?: { readonly allowLongLines?: boolean | undefined }
+    ) =>
+      use(
+        Effect.gen(function*() {
+          const go = yield* exchange(SmtpCommand.data)
+          yield* check(go, "DATA", (r) => r.code === 354)
+          // From here on the server reads message data: a failure of the body leaves the session unusable.
+          const reply = yield* sendBody(body, dataOptions?.allowLongLines ?? false).pipe(
+            Effect.tapError(() => breakConnection("a failure while sending the message body"))
+          )
+          return yield* check(reply, "DATA", SmtpReply.isPositiveCompletion)
+        })
+      ).pipe(
+        Effect.withSpan("smtp.data", { kind: "client", attributes: { ...spanAttributes, "smtp.command": "DATA" } })
+      )
+
+    const bdat = (chunk: Uint8Array, last: boolean) =>
+      use(
+        Effect.gen(function*() {
+          const header = yield* SmtpCommand.encode(SmtpCommand.bdat(chunk.length, last)).pipe(Effect.orDie)
+          yield* record("client", `BDAT ${chunk.length}${last ? " LAST" : ""} <${chunk.length} octets>`)
+          yield* writeBytes([header, chunk], "dataBlock")
+          const reply = yield* readReply("dataEnd", "BDAT", last)
+          return yield* check(reply, "BDAT", SmtpReply.isPositiveCompletion)
+        })
+      ).pipe(
+        Effect.withSpan("smtp.bdat", { kind: "client", attributes: { ...spanAttributes, "smtp.command": "BDAT" } })
+      )
+
+    const quit = Effect.suspend(() => {
+      quitSent = true
+      return fixed(SmtpCommand.quit).pipe(Effect.ensuring(breakConnection("QUIT")))
+    })
+
+    const send = <E = never, R = never>(envelope: SmtpConnection.Envelope, body: SmtpConnection.Body<E, R>) =>
+      Effect.gen(function*() {
+        // Every address is checked before anything is sent, so bad input loses nothing.
+        const mail = SmtpCommand.mail(envelope.from, envelope.mailParameters)
+        const rcpts = envelope.to.map((to) => SmtpCommand.rcpt(to, envelope.rcptParameters))
+        yield* SmtpCommand.encodeGroup([mail, ...rcpts])
+        yield* simple(mail)
+        const accepted: Array<{ recipient: string; reply: SmtpReply.SmtpReply }> = []
+        const rejected: Array<{ recipient: string; error: SmtpTransientError | SmtpPermanentError }> = []
+        for (const [i, recipient] of envelope.to.entries()) {
+          const outcome = yield* Effect.either(simple(rcpts[i]!))
+          if (Either.isRight(outcome)) {
+            accepted.push({ recipient, reply: outcome.right })
+          } else {
+            const error = outcome.left
+            if (error._tag !== "SmtpTransientError" && error._tag !== "SmtpPermanentError") return yield* error
+            if (error.code === 421) return yield* error
+            rejected.push({ recipient, error })
+          }
+        }
+        if (accepted.length === 0) {
+          yield* Effect.ignore(fixed(SmtpCommand.rset))
+          const transient = rejected.find((r) => r.error._tag === "SmtpTransientError")
+          return yield* (transient ?? rejected[0]!).error
+        }
+        const response = yield* data(body)
+        return { accepted, rejected, response }
+      }).pipe(Effect.withSpan("smtp.send", { kind: "client", attributes: spanAttributes }))
+
+    // Release: QUIT, bounded by its short timeout, unless the session is already closed; the socket's own finalizer
+    // (added when it was opened, so run after this one) then closes it.
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() =>
+        broken !== undefined || quitSent
+          ? socket.destroy
+          : Effect.ignore(quit.pipe(Effect.timeout(timeoutOf("quit")))).pipe(Effect.zipRight(socket.destroy))
+      )
+    )
+
+    // The greeting: 220, or a reply error (554 is permanent, RFC 5321 §3.1). Read after the finalizer is in place, so
+    // that a refused session still ends with QUIT.
+    const greeting = yield* use(
+      Effect.flatMap(readReply("greeting", "greeting"), (reply) =>
+        reply.code === 220
+          ? Effect.succeed(reply)
+          : check(reply, "greeting", () => false))
+    ).pipe(Effect.withSpan("smtp.greeting", { kind: "client", attributes: spanAttributes }))
+
+    const connection: SmtpConnection.SmtpConnection = {
+      state: Effect.flatMap(socket.tls, (tls) =>
+        Effect.sync(() => ({
+          greeting,
+          capabilities,
+          extended,
+          secure: tls !== undefined,
+          tls,
+          authenticated,
+          endpoints: socket.endpoints,
+          closed: broken !== undefined
+        }))),
+      transcript: Stream.fromPubSub(transcriptHub),
+      usage: Effect.sync(() => ({ ...usage })),
+      resetUsage: Effect.sync(() => {
+        usage.bytesSent = 0
+        usage.bytesReceived = 0
+        usage.sendingMillis = 0
+        usage.receivingMillis = 0
+      }),
+      ehlo,
+      helo,
+      lhlo,
+      startTls,
+      mail: (from, parameters) => simple(SmtpCommand.mail(from, parameters)),
+      rcpt: (to, parameters) => simple(SmtpCommand.rcpt(to, parameters)),
+      data,
+      bdat,
+      rset: fixed(SmtpCommand.rset),
+      noop: (text) => simple(SmtpCommand.noop(text)),
+      vrfy: (text) => simple(SmtpCommand.vrfy(text)),
+      expn: (text) => simple(SmtpCommand.expn(text)),
+      help: (topic) => simple(SmtpCommand.help(topic)),
+      quit,
+      command: (command) =>
+        use(exchange(command)).pipe(
+          Effect.withSpan(`smtp.${SmtpCommand.verb(command).toLowerCase()}`, {
+            kind: "client",
+            attributes: { ...spanAttributes, "smtp.command": SmtpCommand.verb(command) }
+          })
+        ),
+      readReply: use(readReply("command", undefined)),
+      send
+    }
+
+    yield* greet
+    if (tlsMode === "starttls" || tlsMode === "opportunistic") {
+      if (Capabilities.startTls(capabilities)) {
+        yield* startTls()
+      } else if (tlsMode === "starttls") {
+        return yield* new TlsError({ failure: "not-offered", host: options.host })
+      }
+    }
+    return connection
+  })
