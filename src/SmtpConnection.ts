@@ -98,6 +98,11 @@ export interface Options {
   readonly timeout?: Duration.DurationInput | undefined
   /** Log a warning when one command takes longer than this (Qore's warning queue). */
   readonly slowCommandThreshold?: Duration.DurationInput | undefined
+  /**
+   * Called with every transcript line as it happens (Hunny's `SetTraceOutput`), before the connection's
+   * `transcript` stream gets it; for a live trace that must not miss the last lines.
+   */
+  readonly onTranscript?: ((entry: TranscriptEntry) => Effect.Effect<void>) | undefined
 }
 
 /**

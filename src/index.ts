@@ -16,6 +16,16 @@ export * as DataEncoder from "./DataEncoder.js"
 /**
  * @since 0.1.0
  */
+export * as SmtpConfig from "./SmtpConfig.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SmtpConnection from "./SmtpConnection.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as Mailbox from "./Mailbox.js"
 
 /**
@@ -32,6 +42,11 @@ export * as SmtpError from "./SmtpError.js"
  * @since 0.1.0
  */
 export * as SmtpReply from "./SmtpReply.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SmtpTransport from "./SmtpTransport.js"
 
 /**
  * The error classes, at the package root: the four every command can fail with, and the precise extras.

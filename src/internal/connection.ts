@@ -120,8 +120,13 @@ export const make = (
 
     const transcriptHub = yield* PubSub.unbounded<SmtpConnection.TranscriptEntry>({ replay: 1000 })
     yield* Effect.addFinalizer(() => PubSub.shutdown(transcriptHub))
-    const record = (direction: "client" | "server", line: string) =>
-      PubSub.publish(transcriptHub, { direction, line, at: Date.now() })
+    const onTranscript = options.onTranscript
+    const record = (direction: "client" | "server", line: string) => {
+      const entry = { direction, line, at: Date.now() }
+      return onTranscript === undefined
+        ? PubSub.publish(transcriptHub, entry)
+        : Effect.zipRight(onTranscript(entry), PubSub.publish(transcriptHub, entry))
+    }
 
     const socket: SmtpSocket = yield* transport.connect({
       host: options.host,
