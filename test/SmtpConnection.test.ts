@@ -1,0 +1,519 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Logger from "effect/Logger"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as Capabilities from "../src/Capabilities.js"
+import * as SmtpCommand from "../src/SmtpCommand.js"
+import * as SmtpConnection from "../src/SmtpConnection.js"
+import type { SmtpError } from "../src/SmtpError.js"
+import * as SmtpTransport from "../src/SmtpTransport.js"
+import type { ScriptedSession } from "./support/scriptedServer.js"
+import { answerEhlo, greet, scriptedServer, serveTransaction, wellBehaved } from "./support/scriptedServer.js"
+import { smtpServer } from "./support/smtpServer.js"
+import { selfSigned } from "./support/tls.js"
+
+const connect = (options: SmtpConnection.Options) =>
+  SmtpConnection.make(options).pipe(Effect.provide(SmtpTransport.layerNode))
+
+/** Runs a scoped program and returns its failure, or fails the test if it succeeded. */
+const failure = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.flip(Effect.scoped(effect))
+
+describe("SmtpConnection against smtp-server", () => {
+  it.scopedLive("greets, reads the capabilities and reports its state", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer()
+      const state = yield* Effect.scoped(
+        Effect.flatMap(connect({ host: "127.0.0.1", port: server.port, clientName: "client.example.org" }), (c) =>
+          c.state)
+      )
+      expect(state.greeting.code).toBe(220)
+      expect(state.extended).toBe(true)
+      expect(Capabilities.pipelining(state.capabilities)).toBe(true)
+      expect(Capabilities.authMechanisms(state.capabilities)).toEqual(["LOGIN", "PLAIN"])
+      expect(state.secure).toBe(false)
+      expect(state.endpoints.remoteAddress).toBe("127.0.0.1")
+      expect(state.endpoints.remotePort).toBe(server.port)
+      expect(state.closed).toBe(false)
+    }))
+
+  it.scopedLive("sends a message that arrives byte-exact, with per-recipient results", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer()
+      const body = ".leading dot\r\nbare LF\nbare CR\rtrailing spaces   \r\n8-bit: Grüße\r\n" + "x".repeat(900) + "\r\n"
+      const result = yield* Effect.scoped(Effect.gen(function*() {
+        const connection = yield* connect({ host: "127.0.0.1", port: server.port, tls: "none" })
+        return yield* connection.send(
+          { from: "sender@example.org", to: ["one@example.org", "reject5@example.org", "reject4@example.org"] },
+          body
+        )
+      }))
+      expect(result.accepted.map((a) => a.recipient)).toEqual(["one@example.org"])
+      expect(result.rejected.map((r) => [r.recipient, r.error._tag, r.error.code])).toEqual([
+        ["reject5@example.org", "SmtpPermanentError", 550],
+        ["reject4@example.org", "SmtpTransientError", 450]
+      ])
+      expect(result.response.code).toBe(250)
+      expect(result.response.text).toContain("queued as TEST")
+      expect(server.received).toHaveLength(1)
+      expect(server.received[0]!.to).toEqual(["one@example.org"])
+      const expected = Buffer.from(body.replace(/\r\n|\r|\n/g, "\r\n"), "utf8").toString("latin1")
+      expect(server.received[0]!.data).toBe(expected)
+    }))
+
+  it.scopedLive("streams a body from an Effect Stream", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer()
+      const chunks = ["Subject: streamed\r\n\r\nfirst", " line\r", "\n.second line\n"].map((s) => Buffer.from(s))
+      yield* Effect.scoped(Effect.gen(function*() {
+        const connection = yield* connect({ host: "127.0.0.1", port: server.port })
+        yield* connection.send({ from: "a@example.org", to: ["b@example.org"] }, Stream.fromIterable(chunks))
+      }))
+      expect(server.received[0]!.data).toBe("Subject: streamed\r\n\r\nfirst line\r\n.second line\r\n")
+    }))
+
+  it.scopedLive("fails when every recipient is refused: transient if any refusal was 4xx", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer()
+      const send = (to: ReadonlyArray<string>) =>
+        Effect.scoped(Effect.flatMap(
+          connect({ host: "127.0.0.1", port: server.port }),
+          (c) => c.send({ from: "a@example.org", to }, "hi")
+        ))
+      expect((yield* Effect.flip(send(["reject5@example.org", "reject4@example.org"])))._tag).toBe("SmtpTransientError")
+      expect((yield* Effect.flip(send(["reject5@example.org"])))._tag).toBe("SmtpPermanentError")
+      expect(server.received).toHaveLength(0)
+    }))
+
+  it.scopedLive("runs every command", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer()
+      yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({ host: "127.0.0.1", port: server.port })
+        expect((yield* c.noop()).code).toBe(250)
+        expect((yield* c.noop("ping")).code).toBe(250)
+        expect((yield* c.rset).code).toBe(250)
+        expect((yield* c.help()).code).toBe(214)
+        expect((yield* c.vrfy("postmaster")).code).toBe(252)
+        expect((yield* c.helo("client.example.org")).code).toBe(250)
+        expect((yield* c.state).extended).toBe(false)
+        expect(Capabilities.pipelining(yield* c.ehlo("client.example.org"))).toBe(true)
+        // A raw command returns its reply whatever the class; readReply reads one more reply.
+        expect((yield* c.command(SmtpCommand.raw("XUNKNOWN"))).code).toBe(500)
+        expect((yield* c.mail("a@example.org", { size: 100, body: "8BITMIME" })).code).toBe(250)
+        expect((yield* c.rcpt("b@example.org")).code).toBe(250)
+        expect((yield* c.data("Subject: x\r\n\r\nbody\r\n")).code).toBe(250)
+        expect((yield* c.quit).code).toBe(221)
+        expect((yield* c.state).closed).toBe(true)
+        const afterQuit = yield* Effect.flip(c.noop())
+        expect(afterQuit._tag).toBe("NetworkError")
+      }))
+      expect(server.received[0]!.data).toBe("Subject: x\r\n\r\nbody\r\n")
+    }))
+
+  it.scopedLive("keeps a transcript and usage figures", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer()
+      const live: Array<string> = []
+      yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({
+          host: "127.0.0.1",
+          port: server.port,
+          clientName: "client.example.org",
+          onTranscript: (entry) => Effect.sync(() => live.push(`${entry.direction}: ${entry.line}`))
+        })
+        yield* c.noop()
+        const lines = yield* Stream.runCollect(Stream.take(c.transcript, 3))
+        expect(Chunk.toReadonlyArray(lines).map((e) => `${e.direction}: ${e.line}`)).toEqual([
+          expect.stringMatching(/^server: 220 /),
+          "client: EHLO client.example.org",
+          expect.stringMatching(/^server: 250-/)
+        ])
+        const usage = yield* c.usage
+        expect(usage.bytesSent).toBe("EHLO client.example.org\r\nNOOP\r\n".length)
+        expect(usage.bytesReceived).toBeGreaterThan(50)
+        yield* c.resetUsage
+        expect(yield* c.usage).toEqual({ bytesSent: 0, bytesReceived: 0, sendingMillis: 0, receivingMillis: 0 })
+      }))
+      expect(live).toContain("client: NOOP")
+      expect(live.at(-2)).toBe("client: QUIT")
+      expect(live.at(-1)).toMatch(/^server: 221/)
+    }))
+
+  it.scopedLive("logs a warning when a command is slower than the threshold", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer()
+      const messages: Array<string> = []
+      const logger = Logger.make(({ message }) => messages.push(String(message)))
+      yield* Effect.scoped(
+        Effect.flatMap(
+          connect({ host: "127.0.0.1", port: server.port, slowCommandThreshold: -1 }),
+          (c) => c.noop()
+        )
+      ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      expect(messages.some((m) => /^SMTP NOOP took \d+ ms$/.test(m))).toBe(true)
+    }))
+
+  it.scopedLive("rejects CR and LF in arguments before anything is sent", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(wellBehaved)
+      yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({ host: "127.0.0.1", port: server.port, clientName: "client.example.org" })
+        const injected = yield* Effect.flip(c.mail("a@example.org>\r\nRCPT TO:<victim@example.org"))
+        expect(injected._tag).toBe("InvalidInputError")
+        const inSend = yield* Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org", "c@x\nDATA"] }, "x"))
+        expect(inSend._tag).toBe("InvalidInputError")
+        expect((yield* c.noop()).code).toBe(250)
+      }))
+      yield* Effect.promise(() => server.allClosed())
+      expect(server.transcripts()[0]).toBe("EHLO client.example.org\r\nNOOP\r\nQUIT\r\n")
+    }))
+})
+
+describe("SmtpConnection TLS", () => {
+  const tlsServer = (
+    certificate: { readonly cert: string; readonly key: string },
+    options: { readonly secure?: boolean } = {}
+  ) =>
+    smtpServer({
+      secure: options.secure ?? false,
+      disabledCommands: [],
+      key: certificate.key,
+      cert: certificate.cert
+    })
+
+  it.scopedLive("upgrades with STARTTLS, verifying the certificate, and says EHLO again", () =>
+    Effect.gen(function*() {
+      const certificate = selfSigned()
+      const server = yield* tlsServer(certificate)
+      const state = yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({
+          host: "localhost",
+          port: server.port,
+          tls: "starttls",
+          tlsOptions: { ca: certificate.cert }
+        })
+        yield* c.send({ from: "a@example.org", to: ["b@example.org"] }, "over TLS")
+        return yield* c.state
+      }))
+      expect(state.secure).toBe(true)
+      expect(state.tls?.authorized).toBe(true)
+      expect(state.tls?.protocol).toMatch(/^TLSv1\.[23]$/)
+      expect(state.tls?.certificate?.subject).toContain("CN=localhost")
+      expect(Capabilities.startTls(state.capabilities)).toBe(false)
+      expect(server.received[0]!.data).toBe("over TLS\r\n")
+    }))
+
+  it.scopedLive("refuses an untrusted, an expired and a wrongly named certificate, saying which", () =>
+    Effect.gen(function*() {
+      const trusted = selfSigned()
+      const expired = selfSigned({ expired: true })
+      const otherName = selfSigned({ commonName: "other.example", altNames: "DNS:other.example" })
+      const untrustedServer = yield* tlsServer(trusted)
+      const expiredServer = yield* tlsServer(expired)
+      const otherServer = yield* tlsServer(otherName)
+      const attempt = (port: number, ca: string | undefined) =>
+        failure(connect({ host: "localhost", port, tls: "opportunistic", tlsOptions: ca === undefined ? {} : { ca } }))
+      const untrusted = yield* attempt(untrustedServer.port, undefined)
+      const tooOld = yield* attempt(expiredServer.port, expired.cert)
+      const misnamed = yield* attempt(otherServer.port, otherName.cert)
+      expect([untrusted, tooOld, misnamed].map((e) => e._tag === "TlsError" ? e.failure : e._tag)).toEqual([
+        "untrusted-certificate",
+        "expired-certificate",
+        "wrong-host-name"
+      ])
+      expect(misnamed.message).toContain("issued for another name than localhost")
+    }))
+
+  it.scopedLive("accepts any certificate only when told to", () =>
+    Effect.gen(function*() {
+      const server = yield* tlsServer(selfSigned())
+      const state = yield* Effect.scoped(
+        Effect.flatMap(
+          connect({ host: "127.0.0.1", port: server.port, tlsOptions: { rejectUnauthorized: false } }),
+          (c) => c.state
+        )
+      )
+      expect(state.secure).toBe(true)
+      expect(state.tls?.authorized).toBe(false)
+    }))
+
+  it.scopedLive("speaks implicit TLS from the first byte", () =>
+    Effect.gen(function*() {
+      const certificate = selfSigned()
+      const server = yield* tlsServer(certificate, { secure: true })
+      const state = yield* Effect.scoped(
+        Effect.flatMap(
+          connect({ host: "localhost", port: server.port, tls: "implicit", tlsOptions: { ca: certificate.cert } }),
+          (c) => c.state
+        )
+      )
+      expect(state.secure).toBe(true)
+      expect(state.greeting.code).toBe(220)
+    }))
+
+  it.scopedLive("fails when TLS is required and the server does not offer STARTTLS, after a QUIT", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(wellBehaved)
+      const error = yield* failure(connect({ host: "127.0.0.1", port: server.port, tls: "starttls" }))
+      expect(error._tag === "TlsError" && error.failure).toBe("not-offered")
+      yield* Effect.promise(() => server.allClosed())
+      expect(server.transcripts()[0]).toMatch(/^EHLO .*\r\nQUIT\r\n$/)
+    }))
+})
+
+describe("SmtpConnection scope and faults", () => {
+  const quick = { timeout: "300 millis" } as const
+
+  it.scopedLive("sends QUIT when the scope closes after success", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(wellBehaved)
+      yield* Effect.scoped(connect({ host: "127.0.0.1", port: server.port }))
+      yield* Effect.promise(() => server.allClosed())
+      expect(server.transcripts()[0]).toMatch(/\r\nQUIT\r\n$/)
+      expect(server.openConnections()).toBe(0)
+    }))
+
+  it.scopedLive("sends QUIT when the scope closes after a failure in the program", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(wellBehaved)
+      const exit = yield* Effect.exit(
+        Effect.scoped(Effect.flatMap(connect({ host: "127.0.0.1", port: server.port }), () => Effect.fail("boom")))
+      )
+      expect(Exit.isFailure(exit)).toBe(true)
+      yield* Effect.promise(() => server.allClosed())
+      expect(server.transcripts()[0]).toMatch(/\r\nQUIT\r\n$/)
+    }))
+
+  it.scopedLive("a 554 greeting is a permanent error, and the session still ends with QUIT", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session, "554 5.7.1 No SMTP service here")
+        await serveTransaction(session)
+      })
+      const error = yield* failure(connect({ host: "127.0.0.1", port: server.port }))
+      expect(error._tag).toBe("SmtpPermanentError")
+      expect(error._tag === "SmtpPermanentError" && [error.command, error.code]).toEqual(["greeting", 554])
+      yield* Effect.promise(() => server.allClosed())
+      expect(server.transcripts()[0]).toBe("QUIT\r\n")
+    }))
+
+  it.scopedLive("falls back to HELO when the server does not know EHLO, and only then", () =>
+    Effect.gen(function*() {
+      const helo = yield* scriptedServer(async (session) => {
+        await greet(session)
+        expect(await session.readLine()).toMatch(/^EHLO /)
+        await session.reply("502 5.5.2 Error: command not recognized")
+        await answerEhlo(session)
+        await serveTransaction(session)
+      })
+      const state = yield* Effect.scoped(
+        Effect.flatMap(connect({ host: "127.0.0.1", port: helo.port }), (c) => c.state)
+      )
+      expect(state.extended).toBe(false)
+      expect(state.capabilities.entries).toEqual([])
+      const refused = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await session.readLine()
+        await session.reply("550 5.7.1 Go away")
+        await serveTransaction(session)
+      })
+      const error = yield* failure(connect({ host: "127.0.0.1", port: refused.port }))
+      expect(error._tag === "SmtpPermanentError" && error.code).toBe(550)
+      yield* Effect.promise(() => refused.allClosed())
+      expect(refused.transcripts()[0]).not.toContain("HELO")
+    }))
+
+  it.scopedLive("speaks LHLO for LMTP", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session, "220 lmtp.example LMTP")
+        expect(await session.readLine()).toBe("LHLO client.example.org")
+        await session.reply("250-lmtp.example\r\n250 PIPELINING")
+        await serveTransaction(session)
+      })
+      const state = yield* Effect.scoped(
+        Effect.flatMap(
+          connect({ host: "127.0.0.1", port: server.port, lmtp: true, clientName: "client.example.org" }),
+          (c) => c.state
+        )
+      )
+      expect(Capabilities.pipelining(state.capabilities)).toBe(true)
+    }))
+
+  const expectFault = (
+    script: (session: ScriptedSession) => Promise<void>,
+    program: (c: SmtpConnection.SmtpConnection) => Effect.Effect<unknown, SmtpError>,
+    check: (error: SmtpError) => void
+  ) =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(script)
+      const started = Date.now()
+      const error = yield* failure(Effect.flatMap(connect({ host: "127.0.0.1", port: server.port, ...quick }), program))
+      check(error)
+      // Bounded in time, and nothing left open on either side.
+      expect(Date.now() - started).toBeLessThan(3000)
+      yield* Effect.promise(() => server.allClosed(2000))
+      expect(server.openConnections()).toBe(0)
+    })
+
+  it.scopedLive("no greeting: a timeout naming the phase", () =>
+    expectFault((s) => s.stall(), () => Effect.void, (error) => {
+      expect(error._tag).toBe("TimeoutError")
+      expect(error._tag === "TimeoutError" && error.phase).toBe("the greeting")
+    }))
+
+  it.scopedLive("a stall at MAIL, at RCPT, at DATA and at the end of data: timeouts naming each phase", () =>
+    Effect.gen(function*() {
+      const stallAt = (verb: string) => async (session: ScriptedSession) => {
+        await greet(session)
+        await answerEhlo(session)
+        for (;;) {
+          const line = await session.readLine()
+          if (line.startsWith(verb)) await session.stall()
+          if (line === "DATA") {
+            await session.reply("354 go ahead")
+            await session.readData()
+            if (verb === "END") await session.stall()
+            await session.reply("250 ok")
+          } else {
+            await session.reply("250 ok")
+          }
+        }
+      }
+      const send = (c: SmtpConnection.SmtpConnection) => c.send({ from: "a@example.org", to: ["b@example.org"] }, "x")
+      const phases: Array<[string, boolean]> = []
+      for (const verb of ["MAIL", "RCPT", "DATA", "END"]) {
+        yield* expectFault(stallAt(verb), send, (error) => {
+          if (error._tag !== "TimeoutError") throw error
+          phases.push([error.phase, error.mayHaveBeenDelivered])
+        })
+      }
+      expect(phases).toEqual([
+        ["the reply to MAIL", false],
+        ["the reply to RCPT", false],
+        ["the reply to DATA", false],
+        ["the reply to the end of data", true]
+      ])
+    }))
+
+  it.scopedLive("a drop mid-DATA: a network error", () =>
+    expectFault(
+      async (session) => {
+        await greet(session)
+        await answerEhlo(session)
+        for (;;) {
+          const line = await session.readLine()
+          if (line === "DATA") {
+            await session.reply("354 go ahead")
+            await session.readBytes(10)
+            session.drop()
+            return
+          }
+          await session.reply("250 ok")
+        }
+      },
+      (c) =>
+        c.send(
+          { from: "a@example.org", to: ["b@example.org"] },
+          Stream.repeatValue(Buffer.from(`${"a".repeat(78)}\r\n`.repeat(800)))
+        ),
+      (error) => expect(error._tag).toBe("NetworkError")
+    ))
+
+  it.scopedLive("garbage instead of a reply: a protocol error", () =>
+    expectFault(
+      (session) => session.write("HTTP/1.1 400 Bad Request\r\n"),
+      () => Effect.void,
+      (error) => expect(error._tag).toBe("SmtpProtocolError")
+    ))
+
+  it.scopedLive("an unending multi-line reply: a protocol error in bounded time", () =>
+    expectFault(
+      async (session) => {
+        await greet(session)
+        await session.readLine()
+        for (let i = 0; i < 2000; i++) await session.write("250-more and more\r\n")
+        await session.stall()
+      },
+      () => Effect.void,
+      (error) => {
+        expect(error._tag).toBe("SmtpProtocolError")
+        expect(error.message).toContain("more than 1000 lines")
+      }
+    ))
+
+  it.scopedLive("421 at any point closes the connection; later commands fail at once", () =>
+    Effect.gen(function*() {
+      for (const at of ["EHLO", "MAIL", "RCPT", "DATA"]) {
+        const server = yield* scriptedServer(async (session) => {
+          await greet(session)
+          for (;;) {
+            const line = await session.readLine()
+            if (line.startsWith(at)) {
+              await session.reply("421 4.3.2 Service shutting down")
+              return session.drop()
+            }
+            await session.reply(line.startsWith("EHLO") ? "250-scripted.example\r\n250 PIPELINING" : "250 ok")
+          }
+        })
+        const outcome = yield* Effect.scoped(Effect.gen(function*() {
+          const connected = yield* Effect.either(connect({ host: "127.0.0.1", port: server.port, ...quick }))
+          if (Either.isLeft(connected)) return { error: connected.left, next: undefined, closed: true }
+          const c = connected.right
+          const error = yield* Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, "x"))
+          const next = yield* Effect.either(c.noop())
+          return { error, next: Either.isLeft(next) ? next.left : undefined, closed: (yield* c.state).closed }
+        }))
+        expect(outcome.error._tag === "SmtpTransientError" && outcome.error.code).toBe(421)
+        expect(outcome.closed).toBe(true)
+        if (at !== "EHLO") expect(outcome.next?._tag).toBe("NetworkError")
+        yield* Effect.promise(() => server.allClosed(2000))
+      }
+    }))
+
+  it.scopedLive("interrupting a command midway closes the socket at once", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session)
+        await session.readLine()
+        await session.stall()
+      })
+      yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({ host: "127.0.0.1", port: server.port })
+        const fiber = yield* Effect.fork(c.mail("a@example.org"))
+        yield* Effect.sleep("50 millis")
+        yield* Fiber.interrupt(fiber)
+        expect((yield* c.state).closed).toBe(true)
+        yield* Effect.promise(() => server.allClosed(1000))
+      }))
+      expect(server.openConnections()).toBe(0)
+      expect(server.transcripts()[0]).not.toContain("QUIT")
+    }))
+
+  it.scopedLive("commands from several fibers run one at a time", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(wellBehaved)
+      yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({ host: "127.0.0.1", port: server.port })
+        const replies = yield* Effect.all(Array.from({ length: 20 }, (_, i) => c.noop(`n${i}`)), { concurrency: 20 })
+        expect(replies.every((r) => r.code === 250)).toBe(true)
+      }))
+      yield* Effect.promise(() => server.allClosed())
+      expect(server.transcripts()[0]!.match(/NOOP n\d+\r\n/g)).toHaveLength(20)
+    }))
+
+  it.scopedLive("a refused connection is a network error with its code", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(wellBehaved)
+      const port = server.port
+      yield* Effect.promise(() => server.close())
+      const error = yield* failure(connect({ host: "127.0.0.1", port }))
+      expect(error._tag === "NetworkError" && error.code).toBe("ECONNREFUSED")
+    }))
+})
