@@ -7,6 +7,8 @@ import * as Fiber from "effect/Fiber"
 import * as Logger from "effect/Logger"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as net from "node:net"
+import * as tls from "node:tls"
 import * as Capabilities from "../src/Capabilities.js"
 import * as SmtpCommand from "../src/SmtpCommand.js"
 import * as SmtpConnection from "../src/SmtpConnection.js"
@@ -16,6 +18,34 @@ import type { ScriptedSession } from "./support/scriptedServer.js"
 import { answerEhlo, greet, scriptedServer, serveTransaction, wellBehaved } from "./support/scriptedServer.js"
 import { smtpServer } from "./support/smtpServer.js"
 import { selfSigned } from "./support/tls.js"
+
+/** Reads CRLF-terminated lines from a socket until stopped. */
+const lineReader = (socket: net.Socket) => {
+  let buffered = ""
+  const waiting: Array<(line: string) => void> = []
+  const ready: Array<string> = []
+  const onData = (chunk: Buffer) => {
+    buffered += chunk.toString("latin1")
+    let end: number
+    while ((end = buffered.indexOf("\r\n")) !== -1) {
+      const line = buffered.slice(0, end)
+      buffered = buffered.slice(end + 2)
+      const waiter = waiting.shift()
+      if (waiter === undefined) ready.push(line)
+      else waiter(line)
+    }
+  }
+  socket.on("data", onData)
+  return {
+    next: () =>
+      new Promise<string>((resolve) => {
+        const line = ready.shift()
+        if (line === undefined) waiting.push(resolve)
+        else resolve(line)
+      }),
+    stop: () => socket.off("data", onData)
+  }
+}
 
 const connect = (options: SmtpConnection.Options) =>
   SmtpConnection.make(options).pipe(Effect.provide(SmtpTransport.layerNode))
@@ -254,6 +284,57 @@ describe("SmtpConnection TLS", () => {
       )
       expect(state.secure).toBe(true)
       expect(state.greeting.code).toBe(220)
+    }))
+
+  it.scopedLive("discards what the server sent after its 220 to STARTTLS (RFC 3207 §6)", () =>
+    Effect.gen(function*() {
+      const certificate = selfSigned()
+      const server = yield* Effect.acquireRelease(
+        Effect.promise(async () => {
+          const sockets = new Set<net.Socket>()
+          const listener = net.createServer((plain) => {
+            sockets.add(plain)
+            const lines = lineReader(plain)
+            void (async () => {
+              plain.write("220 injector.example ESMTP\r\n")
+              await lines.next()
+              plain.write("250-injector.example\r\n250 STARTTLS\r\n")
+              await lines.next()
+              // A man in the middle's trick: a reply smuggled in after the 220, before the handshake.
+              plain.write("220 Go ahead\r\n250-injector.example\r\n250 AUTH PLAIN\r\n")
+              lines.stop()
+              const secure = new tls.TLSSocket(plain, { isServer: true, key: certificate.key, cert: certificate.cert })
+              sockets.add(secure)
+              const secureLines = lineReader(secure)
+              for (;;) {
+                const line = await secureLines.next()
+                if (line.startsWith("EHLO")) secure.write("250-injector.example\r\n250 PIPELINING\r\n")
+                else if (line === "QUIT") return secure.end("221 Bye\r\n")
+                else secure.write("250 Ok\r\n")
+              }
+            })().catch(() => plain.destroy())
+          })
+          await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve))
+          return { listener, sockets, port: (listener.address() as net.AddressInfo).port }
+        }),
+        ({ listener, sockets }) =>
+          Effect.promise(() => {
+            for (const socket of sockets) socket.destroy()
+            return new Promise<void>((resolve) => listener.close(() => resolve()))
+          })
+      )
+      const state = yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({
+          host: "localhost",
+          port: server.port,
+          tls: "starttls",
+          tlsOptions: { ca: certificate.cert }
+        })
+        expect((yield* c.noop()).text).toBe("Ok")
+        return yield* c.state
+      }))
+      expect(state.secure).toBe(true)
+      expect(state.capabilities.entries.map((e) => e.keyword)).toEqual(["PIPELINING"])
     }))
 
   it.scopedLive("fails when TLS is required and the server does not offer STARTTLS, after a QUIT", () =>
