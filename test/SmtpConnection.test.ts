@@ -7,6 +7,7 @@ import * as Fiber from "effect/Fiber"
 import * as Logger from "effect/Logger"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as Tracer from "effect/Tracer"
 import * as net from "node:net"
 import * as tls from "node:tls"
 import * as Capabilities from "../src/Capabilities.js"
@@ -186,6 +187,46 @@ describe("SmtpConnection against smtp-server", () => {
         )
       ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
       expect(messages.some((m) => /^SMTP NOOP took \d+ ms$/.test(m))).toBe(true)
+    }))
+
+  it.scopedLive("makes each command a span with its verb, reply code and server", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer()
+      const spans: Array<Tracer.Span> = []
+      const native = yield* Effect.tracer
+      const recording = Tracer.make({
+        span: (name, parent, context, links, startTime, kind, options) => {
+          const span = native.span(name, parent, context, links, startTime, kind, options)
+          spans.push(span)
+          return span
+        },
+        context: (f, fiber) => native.context(f, fiber)
+      })
+      yield* Effect.scoped(
+        Effect.flatMap(connect({ host: "127.0.0.1", port: server.port }), (c) =>
+          c.send({ from: "a@example.org", to: ["b@example.org"] }, "traced"))
+      ).pipe(Effect.withTracer(recording))
+      const byName = (name: string) =>
+        spans.find((span) => span.name === name)
+      expect(spans.map((span) => span.name)).toEqual(
+        expect.arrayContaining([
+          "smtp.greeting",
+          "smtp.ehlo",
+          "smtp.send",
+          "smtp.mail",
+          "smtp.rcpt",
+          "smtp.data",
+          "smtp.quit"
+        ])
+      )
+      const rcpt = byName("smtp.rcpt")!
+      expect(rcpt.attributes.get("smtp.command")).toBe("RCPT")
+      expect(rcpt.attributes.get("smtp.reply.code")).toBe(250)
+      expect(rcpt.attributes.get("server.address")).toBe("127.0.0.1")
+      expect(rcpt.attributes.get("server.port")).toBe(server.port)
+      expect(rcpt.kind).toBe("client")
+      expect(byName("smtp.greeting")!.attributes.get("smtp.reply.code")).toBe(220)
+      expect(byName("smtp.data")!.attributes.get("smtp.reply.code")).toBe(250)
     }))
 
   it.scopedLive("rejects CR and LF in arguments before anything is sent", () =>

@@ -187,6 +187,7 @@ export const make = (
     const readReply = (phase: Phase, verb: string | undefined, mayHaveBeenDelivered = false) =>
       nextReply(verb).pipe(
         timed(phase, mayHaveBeenDelivered),
+        Effect.tap((reply) => Effect.annotateCurrentSpan("smtp.reply.code", reply.code)),
         Effect.tap((reply) =>
           Effect.forEach(
             SmtpReply.format(reply).split("\r\n").slice(0, -1),
@@ -266,7 +267,6 @@ export const make = (
         for (const command of commands) {
           const verb = SmtpCommand.verb(command)
           replies.push(yield* readReply(phaseOf(command), verb))
-          yield* Effect.annotateCurrentSpan("smtp.reply.code", replies[replies.length - 1]!.code)
           yield* warnIfSlow(verb, started)
         }
         return replies
