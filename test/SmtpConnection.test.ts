@@ -411,6 +411,21 @@ describe("SmtpConnection scope and faults", () => {
       expect(server.transcripts()[0]).toMatch(/\r\nQUIT\r\n$/)
     }))
 
+  it.scopedLive("a server that never answers QUIT holds the release no longer than the QUIT timeout", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session)
+        await session.readLine()
+        await session.stall()
+      })
+      const started = Date.now()
+      yield* Effect.scoped(connect({ host: "127.0.0.1", port: server.port, timeouts: { quit: "200 millis" } }))
+      expect(Date.now() - started).toBeLessThan(1500)
+      yield* Effect.promise(() => server.allClosed(1000))
+      expect(server.transcripts()[0]).toMatch(/\r\nQUIT\r\n$/)
+    }))
+
   it.scopedLive("a 554 greeting is a permanent error, and the session still ends with QUIT", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer(async (session) => {

@@ -441,7 +441,10 @@ export const make = (
       Effect.suspend(() =>
         broken !== undefined || quitSent
           ? socket.destroy
-          : Effect.ignore(quit.pipe(Effect.timeout(timeoutOf("quit")))).pipe(Effect.zipRight(socket.destroy))
+          // Finalizers run uninterruptibly; QUIT is made interruptible again so its timeout can cut it short.
+          : Effect.ignore(Effect.interruptible(quit).pipe(Effect.timeout(timeoutOf("quit")))).pipe(
+            Effect.zipRight(socket.destroy)
+          )
       )
     )
 
