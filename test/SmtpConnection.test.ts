@@ -485,12 +485,15 @@ describe("SmtpConnection scope and faults", () => {
   const expectFault = (
     script: (session: ScriptedSession) => Promise<void>,
     program: (c: SmtpConnection.SmtpConnection) => Effect.Effect<unknown, SmtpError>,
-    check: (error: SmtpError) => void
+    check: (error: SmtpError) => void,
+    wrap: <A, E, R>(open: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R> = (open) => open
   ) =>
     Effect.gen(function*() {
       const server = yield* scriptedServer(script)
       const started = Date.now()
-      const error = yield* failure(Effect.flatMap(connect({ host: "127.0.0.1", port: server.port, ...quick }), program))
+      const error = yield* failure(
+        Effect.flatMap(wrap(connect({ host: "127.0.0.1", port: server.port, ...quick })), program)
+      )
       check(error)
       // Bounded in time, and nothing left open on either side.
       expect(Date.now() - started).toBeLessThan(3000)
@@ -503,6 +506,11 @@ describe("SmtpConnection scope and faults", () => {
       expect(error._tag).toBe("TimeoutError")
       expect(error._tag === "TimeoutError" && error.phase).toBe("the greeting")
     }))
+
+  it.scopedLive("timeouts hold even when the connection is opened uninterruptibly (as an acquireRelease does)", () =>
+    expectFault((s) => s.stall(), () => Effect.void, (error) => {
+      expect(error._tag).toBe("TimeoutError")
+    }, Effect.uninterruptible))
 
   it.scopedLive("a stall at MAIL, at RCPT, at DATA and at the end of data: timeouts naming each phase", () =>
     Effect.gen(function*() {

@@ -154,8 +154,10 @@ export const make = (
         return socket.destroy
       })
 
+    // Every wait is interruptible by its own timeout, even when the caller runs it uninterruptibly (an
+    // `acquireRelease` acquisition, a pool's acquire, a finalizer).
     const timed = <A, E>(phase: Phase, mayHaveBeenDelivered: boolean) => (effect: Effect.Effect<A, E>) =>
-      Effect.timeoutFail(effect, {
+      Effect.timeoutFail(Effect.interruptible(effect), {
         duration: timeoutOf(phase),
         onTimeout: () =>
           new TimeoutError({

@@ -237,6 +237,7 @@ export const connect = (
           ? tlsError(implicitTls.servername ?? options.host, error)
           : networkError("connect", error)
     ).pipe(
+      Effect.interruptible,
       Effect.timeoutFail({
         duration: options.connectTimeout,
         onTimeout: () =>
