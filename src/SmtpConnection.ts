@@ -81,7 +81,10 @@ export const defaultTimeouts: Timeouts = internal.defaultTimeouts
  * @category models
  */
 export interface Options {
+  /** The server's host name or address; with `path`, only the name TLS checks and spans report. */
   readonly host: string
+  /** A UNIX socket to connect to instead of host and port (LMTP servers often listen on one). */
+  readonly path?: string | undefined
   /** Default 465 with implicit TLS, else 25 (24 is customary for LMTP, but give it). */
   readonly port?: number | undefined
   /** Default "opportunistic". */
@@ -241,7 +244,9 @@ export interface SmtpConnection {
   ) => Effect.Effect<SmtpReply, ReplyError | InvalidInputError>
   /**
    * DATA, then the body (CRLF-canonical, dot-stuffed, lines over 998 octets refused unless allowed), then the reply to
-   * the end of data. A body that fails midway closes the connection: a started DATA cannot be taken back.
+   * the end of data. A body that fails midway closes the connection: a started DATA cannot be taken back. With LMTP,
+   * every recipient's reply is read; the first positive one is returned, and only when all are negative does it fail
+   * (`send` reports each recipient).
    */
   readonly data: <E = never, R = never>(
     body: Body<E, R>,
@@ -262,6 +267,15 @@ export interface SmtpConnection {
   readonly command: (command: SmtpCommand.SmtpCommand) => Effect.Effect<SmtpReply, ReadError | InvalidInputError>
   /** Reads one more reply (Hunny's `ReceiveResponse`, D's `getResponse`). */
   readonly readReply: Effect.Effect<SmtpReply, ReadError>
+  /**
+   * Writes bytes exactly as given (Hunny's `SendBytes`, D's `sendData`), bounded by the data-block timeout; no reply
+   * is read. The bytes are not checked: this is the one way around the encoders, for extensions and for tests.
+   */
+  readonly writeRaw: (bytes: Uint8Array) => Effect.Effect<void, NetworkError | TimeoutError>
+  /** Closes the socket at once, without QUIT (Qore's `forceDisconnect`). Never fails. */
+  readonly abort: Effect.Effect<void>
+  /** The timeouts in force, after defaults and overrides. */
+  readonly timeouts: { readonly [K in keyof Timeouts]: Duration.Duration }
   /**
    * MAIL, one RCPT per recipient, DATA and the body. Addresses are all checked before anything is sent. Refused
    * recipients are reported; when every recipient is refused, the transaction is reset and the send fails

@@ -105,6 +105,8 @@ export interface SmtpSocket {
 export interface ConnectOptions {
   readonly host: string
   readonly port: number
+  /** A UNIX socket path; when set, `host` and `port` only name the server. */
+  readonly path?: string | undefined
   /** Implicit TLS (port 465) when set; plain TCP otherwise. */
   readonly tls?: TlsOptions | undefined
   readonly connectTimeout: Duration.Duration

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Chunk from "effect/Chunk"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
@@ -8,8 +9,12 @@ import * as Logger from "effect/Logger"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Tracer from "effect/Tracer"
+import { mkdtempSync, rmSync } from "node:fs"
 import * as net from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import * as tls from "node:tls"
+import { SMTPServer } from "smtp-server"
 import * as Capabilities from "../src/Capabilities.js"
 import * as SmtpCommand from "../src/SmtpCommand.js"
 import * as SmtpConnection from "../src/SmtpConnection.js"
@@ -227,6 +232,63 @@ describe("SmtpConnection against smtp-server", () => {
       expect(rcpt.kind).toBe("client")
       expect(byName("smtp.greeting")!.attributes.get("smtp.reply.code")).toBe(220)
       expect(byName("smtp.data")!.attributes.get("smtp.reply.code")).toBe(250)
+    }))
+
+  it.scopedLive("writes raw bytes and reads raw replies, aborts without QUIT, and tells its timeouts", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(wellBehaved)
+      yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({ host: "127.0.0.1", port: server.port, timeouts: { rcpt: "7 seconds" } })
+        expect(Duration.toMillis(c.timeouts.rcpt)).toBe(7000)
+        expect(Duration.toMillis(c.timeouts.dataEnd)).toBe(600_000)
+        expect(Duration.toMillis(c.timeouts.greeting)).toBe(300_000)
+        yield* c.writeRaw(Buffer.from("NOOP raw\r\n"))
+        expect((yield* c.readReply).code).toBe(250)
+        yield* c.abort
+        expect((yield* c.state).closed).toBe(true)
+        expect((yield* Effect.flip(c.noop()))._tag).toBe("NetworkError")
+      }))
+      yield* Effect.promise(() => server.allClosed())
+      expect(server.transcripts()[0]).toMatch(/\r\nNOOP raw\r\n$/)
+    }))
+
+  it.scopedLive("reaches a server on a UNIX socket", () =>
+    Effect.gen(function*() {
+      const dir = yield* Effect.acquireRelease(
+        Effect.sync(() => mkdtempSync(join(tmpdir(), "effect-smtp-sock-"))),
+        (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+      )
+      const path = join(dir, "lmtp.sock")
+      const received: Array<string> = []
+      yield* Effect.acquireRelease(
+        Effect.promise(async () => {
+          const server = new SMTPServer({
+            lmtp: true,
+            authOptional: true,
+            disabledCommands: ["STARTTLS"],
+            logger: false,
+            onData(stream, _session, callback) {
+              const chunks: Array<Buffer> = []
+              stream.on("data", (chunk: Buffer) => chunks.push(chunk))
+              stream.on("end", () => {
+                received.push(Buffer.concat(chunks).toString("latin1"))
+                callback(null)
+              })
+            }
+          })
+          await new Promise<void>((resolve) => server.listen(path, resolve))
+          return server
+        }),
+        (server) => Effect.promise(() => new Promise<void>((resolve) => server.close(() => resolve())))
+      )
+      yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({ host: "localhost", path, lmtp: true, clientName: "client.example.org" })
+        expect((yield* c.state).extended).toBe(true)
+        yield* c.mail("a@example.org")
+        yield* c.rcpt("b@example.org")
+        yield* c.data("over a UNIX socket")
+      }))
+      expect(received).toEqual(["over a UNIX socket\r\n"])
     }))
 
   it.scopedLive("rejects CR and LF in arguments before anything is sent", () =>
@@ -480,6 +542,41 @@ describe("SmtpConnection scope and faults", () => {
         )
       )
       expect(Capabilities.pipelining(state.capabilities)).toBe(true)
+    }))
+
+  it.scopedLive("LMTP: reads one reply per accepted recipient and stays in step", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session, "220 lmtp.example LMTP")
+        await session.readLine()
+        await session.reply("250-lmtp.example\r\n250 PIPELINING")
+        await session.readLine()
+        await session.reply("250 2.1.0 Ok")
+        for (const answer of ["250 2.1.5 Ok", "550 5.1.1 No such user", "250 2.1.5 Ok"]) {
+          await session.readLine()
+          await session.reply(answer)
+        }
+        await session.readLine()
+        await session.reply("354 Go ahead")
+        await session.readData()
+        await session.write("250 2.0.0 <one@example.org> delivered\r\n452 4.2.2 <three@example.org> over quota\r\n")
+        await serveTransaction(session)
+      })
+      const result = yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({ host: "127.0.0.1", port: server.port, lmtp: true })
+        const sent = yield* c.send(
+          { from: "a@example.org", to: ["one@example.org", "two@example.org", "three@example.org"] },
+          "Subject: x\r\n\r\nhi\r\n"
+        )
+        expect((yield* c.noop()).code).toBe(250)
+        return sent
+      }))
+      expect(result.accepted.map((a) => a.recipient)).toEqual(["one@example.org"])
+      expect(result.rejected.map((r) => [r.recipient, r.error.code])).toEqual([
+        ["two@example.org", 550],
+        ["three@example.org", 452]
+      ])
+      expect(result.response.text).toBe("<one@example.org> delivered")
     }))
 
   const expectFault = (

@@ -131,6 +131,7 @@ export const make = (
     const socket: SmtpSocket = yield* transport.connect({
       host: options.host,
       port,
+      path: options.path,
       tls: tlsMode === "implicit" ? tlsOptions : undefined,
       connectTimeout: timeoutOf("connect")
     })
@@ -144,6 +145,8 @@ export const make = (
     let capabilities = Capabilities.empty
     let extended = false
     let authenticated: string | undefined
+    /** Recipients accepted since MAIL: with LMTP, the number of replies the end of data brings. */
+    let lmtpRecipients = 0
     const usage = { bytesSent: 0, bytesReceived: 0, sendingMillis: 0, receivingMillis: 0 }
     const lock = yield* Effect.makeSemaphore(1)
 
@@ -282,7 +285,14 @@ export const make = (
       command: SmtpCommand.SmtpCommand
     ): Effect.Effect<SmtpReply.SmtpReply, ReplyError | InvalidInputError> => {
       const verb = SmtpCommand.verb(command)
-      return use(Effect.flatMap(exchange(command), (reply) => check(reply, verb, expectedClass(command)))).pipe(
+      return use(
+        Effect.flatMap(exchange(command), (reply) => check(reply, verb, expectedClass(command))).pipe(
+          Effect.tap(() => {
+            if (command._tag === "Mail" || command._tag === "Rset") lmtpRecipients = 0
+            else if (command._tag === "Rcpt") lmtpRecipients++
+          })
+        )
+      ).pipe(
         Effect.withSpan(`smtp.${verb.toLowerCase()}`, {
           kind: "client",
           attributes: { ...spanAttributes, "smtp.command": verb }
@@ -372,23 +382,40 @@ export const make = (
         return yield* readReply("dataEnd", "DATA", true)
       })
 
-    const data = <E = never, R = never>(
-      body: SmtpConnection.Body<E, R>,
-      dataOptions?: { readonly allowLongLines?: boolean | undefined }
-    ) =>
+    /**
+     * DATA, the body, and the replies to the end of data: one, or with LMTP one per accepted recipient, in RCPT order
+     * (RFC 2033 §4.2), all read so that the session stays in step.
+     */
+    const dataReplies = <E, R>(body: SmtpConnection.Body<E, R>, allowLongLines: boolean) =>
       use(
         Effect.gen(function*() {
           const go = yield* exchange(SmtpCommand.data)
           yield* check(go, "DATA", (r) => r.code === 354)
           // From here on the server reads message data: a failure of the body leaves the session unusable.
-          const reply = yield* sendBody(body, dataOptions?.allowLongLines ?? false).pipe(
-            Effect.tapError(() => breakConnection("a failure while sending the message body"))
-          )
-          return yield* check(reply, "DATA", SmtpReply.isPositiveCompletion)
+          const replies = [
+            yield* sendBody(body, allowLongLines).pipe(
+              Effect.tapError(() => breakConnection("a failure while sending the message body"))
+            )
+          ]
+          const expected = lmtp ? lmtpRecipients : 1
+          lmtpRecipients = 0
+          while (replies.length < expected) replies.push(yield* readReply("dataEnd", "DATA", true))
+          // A 421 among them closes the connection; other negative replies are for the caller to weigh.
+          for (const reply of replies) yield* check(reply, "DATA", (r) => !SmtpReply.isServiceClosing(r))
+          return replies
         })
       ).pipe(
         Effect.withSpan("smtp.data", { kind: "client", attributes: { ...spanAttributes, "smtp.command": "DATA" } })
       )
+
+    const data = <E = never, R = never>(
+      body: SmtpConnection.Body<E, R>,
+      dataOptions?: { readonly allowLongLines?: boolean | undefined }
+    ) =>
+      Effect.flatMap(dataReplies(body, dataOptions?.allowLongLines ?? false), (replies) => {
+        const accepted = replies.find(SmtpReply.isPositiveCompletion)
+        return accepted !== undefined ? Effect.succeed(accepted) : check(replies[0]!, "DATA", () => false)
+      })
 
     const bdat = (chunk: Uint8Array, last: boolean) =>
       use(
@@ -433,8 +460,25 @@ export const make = (
           const transient = rejected.find((r) => r.error._tag === "SmtpTransientError")
           return yield* (transient ?? rejected[0]!).error
         }
-        const response = yield* data(body)
-        return { accepted, rejected, response }
+        const replies = yield* dataReplies(body, false)
+        if (!lmtp) {
+          const response = yield* check(replies[0]!, "DATA", SmtpReply.isPositiveCompletion)
+          return { accepted, rejected, response }
+        }
+        // LMTP: one reply per accepted recipient, in order; a recipient whose reply is negative was not delivered.
+        const delivered = accepted.filter((_, i) => SmtpReply.isPositiveCompletion(replies[i]!))
+        for (const [i, entry] of accepted.entries()) {
+          const reply = replies[i]!
+          if (!SmtpReply.isPositiveCompletion(reply)) {
+            rejected.push({ recipient: entry.recipient, error: SmtpReply.toError(reply, "DATA") })
+          }
+        }
+        const response = replies.find(SmtpReply.isPositiveCompletion)
+        if (response === undefined) {
+          const transient = rejected.find((r) => r.error._tag === "SmtpTransientError")
+          return yield* (transient ?? rejected[0]!).error
+        }
+        return { accepted: delivered, rejected, response }
       }).pipe(Effect.withSpan("smtp.send", { kind: "client", attributes: spanAttributes }))
 
     // Release: QUIT, bounded by its short timeout, unless the session is already closed; the socket's own finalizer
@@ -501,6 +545,12 @@ export const make = (
           })
         ),
       readReply: use(readReply("command", undefined)),
+      writeRaw: (bytes) =>
+        use(Effect.zipRight(record("client", `<${bytes.length} raw octets>`), writeBytes([bytes], "dataBlock"))),
+      abort: breakConnection("abort"),
+      timeouts: Object.fromEntries(
+        Object.keys(defaultTimeouts).map((key) => [key, timeoutOf(key as Phase)])
+      ) as { readonly [K in Phase]: Duration.Duration },
       send
     }
 

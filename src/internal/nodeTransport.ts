@@ -221,14 +221,18 @@ export const connect = (
     let current: net.Socket = yield* Effect.acquireRelease(
       Effect.sync(() =>
         implicitTls === undefined
-          ? net.connect({ host: options.host, port: options.port })
-          : tls.connect({ host: options.host, port: options.port, ...tlsConnectOptions(options.host, implicitTls) })
+          ? options.path === undefined
+            ? net.connect({ host: options.host, port: options.port })
+            : net.connect({ path: options.path })
+          : options.path === undefined
+          ? tls.connect({ host: options.host, port: options.port, ...tlsConnectOptions(options.host, implicitTls) })
+          : tls.connect({ path: options.path, ...tlsConnectOptions(options.host, implicitTls) })
       ),
       (socket) => Effect.sync(() => socket.destroy())
     )
     // Errors are also handled by the reader once it is attached; until then this keeps an early one from throwing.
     current.on("error", () => {})
-    current.setNoDelay(true)
+    if (options.path === undefined) current.setNoDelay(true)
     yield* awaitConnect(
       current,
       implicitTls === undefined ? "connect" : "secureConnect",
