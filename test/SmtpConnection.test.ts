@@ -643,6 +643,20 @@ describe("SmtpConnection scope and faults", () => {
       ])
     }))
 
+  it.scopedLive("a stall after STARTTLS: a timeout, and no QUIT into the pending handshake", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session, ["STARTTLS"])
+        await session.readLine()
+        await session.stall()
+      })
+      const error = yield* failure(connect({ host: "127.0.0.1", port: server.port, ...quick }))
+      expect(error._tag === "TimeoutError" && error.phase).toBe("STARTTLS")
+      yield* Effect.promise(() => server.allClosed(2000))
+      expect(server.transcripts()[0]).toMatch(/\r\nSTARTTLS\r\n$/)
+    }))
+
   it.scopedLive("a drop mid-DATA: a network error", () =>
     expectFault(
       async (session) => {

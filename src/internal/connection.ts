@@ -341,7 +341,9 @@ export const make = (
       Effect.gen(function*() {
         const details = yield* use(
           Effect.gen(function*() {
-            const reply = yield* exchange(SmtpCommand.startTls).pipe(Effect.orDie)
+            const reply = yield* exchange(SmtpCommand.startTls).pipe(
+              Effect.catchTag("InvalidInputError", (error) => Effect.die(error))
+            )
             yield* check(reply, "STARTTLS", (r) => r.code === 220)
             // Whatever the server sent after its 220 is dropped with the parser and with the transport's buffer.
             parser = SmtpReply.makeParser()
