@@ -66,15 +66,13 @@ export class UsageError extends Data.TaggedError("UsageError")<{ readonly reason
 
 /** The message could not be read from its file or from standard input. */
 export class InputError extends Data.TaggedError("InputError")<{
+  /** The file name, or "standard input". */
   readonly source: string
-  readonly cause: unknown
+  /** Why, e.g. "ENOENT: no such file or directory, open 'message.eml'". */
+  readonly reason: string
 }> {
   override get message(): string {
-    const cause = this.cause instanceof Error || (typeof this.cause === "object" && this.cause !== null &&
-        "message" in this.cause && typeof this.cause.message === "string")
-      ? `: ${(this.cause as { readonly message: string }).message}`
-      : ""
-    return `Cannot read the message from ${this.source}${cause}`
+    return `Cannot read the message from ${this.source}: ${this.reason}`
   }
 }
 
@@ -325,11 +323,8 @@ export const probeText = (report: ProbeReport): string => {
   } else {
     const { details, via } = report.tls
     const verified = details.authorized ? "certificate verified" : "certificate NOT verified"
-    lines.push(
-      `TLS:           ${
-        via === "implicit" ? "implicit" : "STARTTLS"
-      }, ${details.protocol}, ${details.cipher}, ${verified}`
-    )
+    const how = via === "implicit" ? "implicit" : "STARTTLS"
+    lines.push(`TLS:           ${how}, ${details.protocol}, ${details.cipher}, ${verified}`)
     if (details.certificate === undefined) {
       lines.push("  Certificate: none")
     } else {
@@ -400,7 +395,12 @@ const readMessage = (path: Option.Option<string>): Effect.Effect<Uint8Array, Inp
   Option.match(Option.filter(path, (p) => p !== "-"), {
     onSome: (p) =>
       Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readFile(p)).pipe(
-        Effect.mapError((cause) => new InputError({ source: p, cause }))
+        Effect.mapError((error) =>
+          new InputError({
+            source: p,
+            reason: error._tag === "SystemError" ? error.description ?? error.reason : error.message
+          })
+        )
       ),
     onNone: () =>
       Effect.gen(function*() {
@@ -410,7 +410,7 @@ const readMessage = (path: Option.Option<string>): Effect.Effect<Uint8Array, Inp
         return yield* readAll(
           NodeStream.fromReadable<InputError>(
             () => process.stdin,
-            (cause) => new InputError({ source: "standard input", cause }),
+            (cause) => new InputError({ source: "standard input", reason: messageOf(cause) }),
             { closeOnDone: false }
           )
         )
@@ -455,7 +455,7 @@ const send = Command.make(
     Effect.gen(function*() {
       const settings = yield* settingsOf(args.url)
       // The addresses are checked before the message is read or anything is sent.
-      yield* SmtpCommand.encodeGroup([SmtpCommand.mail(args.from), ...args.to.map((to) => SmtpCommand.rcpt(to))])
+      yield* SmtpCommand.encodeGroup([SmtpCommand.mail(args.from), ...args.to.map((r) => SmtpCommand.rcpt(r))])
       yield* warnings(args, settings)
       const message = yield* readMessage(args.file)
       // So is the message (lines over 998 octets), so that a bad one never leaves a DATA half sent.
@@ -533,7 +533,11 @@ export const main = (
       )
     ),
     Effect.catchAllDefect((defect) =>
-      Effect.as(Console.error(`effect-smtp: internal error: ${oneLine(messageOf(defect))}`), ExitCode.software)
+      // SmtpConnection's STARTTLS turns a timeout, a network failure or a protocol violation while it waits for the
+      // 220 into a defect (`Effect.orDie`); such an error is still reported as what it is.
+      isSmtpError(defect)
+        ? Effect.as(Console.error(`effect-smtp: ${oneLine(defect.message)}`), exitCodeOf(defect))
+        : Effect.as(Console.error(`effect-smtp: internal error: ${oneLine(messageOf(defect))}`), ExitCode.software)
     ),
     Effect.provide(Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true })))
   )
