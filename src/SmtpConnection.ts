@@ -99,7 +99,7 @@ export interface Options {
   readonly timeouts?: Partial<Timeouts> | undefined
   /** One timeout for every phase, overriding the others (Poco's `setTimeout`). */
   readonly timeout?: Duration.DurationInput | undefined
-  /** Log a warning when one command takes longer than this (Qore's warning queue). */
+  /** Log a warning when one command takes this long or longer (Qore's warning queue); 0 warns for every command. */
   readonly slowCommandThreshold?: Duration.DurationInput | undefined
   /**
    * Called with every transcript line as it happens (Hunny's `SetTraceOutput`), before the connection's

@@ -187,7 +187,7 @@ describe("SmtpConnection against smtp-server", () => {
       const logger = Logger.make(({ message }) => messages.push(String(message)))
       yield* Effect.scoped(
         Effect.flatMap(
-          connect({ host: "127.0.0.1", port: server.port, slowCommandThreshold: -1 }),
+          connect({ host: "127.0.0.1", port: server.port, slowCommandThreshold: 0 }),
           (c) => c.noop()
         )
       ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))

@@ -252,7 +252,7 @@ export const make = (
     const warnIfSlow = (verb: string, started: number) =>
       Effect.suspend(() => {
         const took = Date.now() - started
-        return slowThreshold !== undefined && took > slowThreshold
+        return slowThreshold !== undefined && took >= slowThreshold
           ? Effect.logWarning(`SMTP ${verb} took ${took} ms`).pipe(
             Effect.annotateLogs({ "smtp.command": verb, "server.address": options.host, "duration.ms": took })
           )

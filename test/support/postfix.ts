@@ -1,0 +1,526 @@
+/**
+ * A real Postfix (Debian's package) for integration tests: a private instance on 127.0.0.1 high ports, owned by the
+ * test run, delivering every recipient `@example.org` into one Maildir and refusing everything else.
+ *
+ * Needs root (the Postfix master refuses to start otherwise) and `apt-get install -y postfix openssl`.
+ */
+import { Clock, Context, Duration, Effect, Layer, Schedule } from "effect"
+import type { Scope } from "effect"
+import { execFile, spawn } from "node:child_process"
+import type { ChildProcess } from "node:child_process"
+import * as fs from "node:fs"
+import * as net from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as tls from "node:tls"
+
+/** What `requireServer` should find for these tests, and how to install it. */
+export const postfixBinaries: ReadonlyArray<string> = ["/usr/sbin/postfix", "/usr/sbin/postconf", "/usr/bin/openssl"]
+export const postfixInstall = "apt-get install -y postfix openssl"
+
+/** The first line every port sends. */
+export const postfixGreeting = "220 localhost ESMTP effect-smtp test Postfix"
+
+export interface PostfixPorts {
+  /** smtpd that offers no TLS at all. */
+  readonly plain: number
+  /** smtpd that offers STARTTLS (`smtpd_tls_security_level = may`). */
+  readonly starttls: number
+  /** smtpd with implicit TLS (`smtpd_tls_wrappermode = yes`). */
+  readonly smtps: number
+}
+
+/** One file from the Maildir. Postfix puts `Return-Path` (envelope sender) and `Delivered-To` on top. */
+export interface PostfixMessage {
+  readonly file: string
+  readonly bytes: Uint8Array
+  /** The bytes decoded as UTF-8. */
+  readonly raw: string
+  /** The envelope sender, without angle brackets ("" for the null sender). */
+  readonly returnPath: string | undefined
+  /** The envelope recipient this copy was delivered for. */
+  readonly deliveredTo: string | undefined
+}
+
+export interface PostfixServer {
+  readonly host: "127.0.0.1"
+  /** The name the certificate is for (also `myhostname`): use it as the TLS servername. */
+  readonly servername: "localhost"
+  readonly ports: PostfixPorts
+  /** The self-signed certificate (CN and SAN `localhost`, SAN IP 127.0.0.1): trust it as the only CA. */
+  readonly certificatePem: string
+  /** The instance's own folder (config in `etc/`, queue in `queue/`, Maildir in `mail/inbox/`, log in `log/`). */
+  readonly directory: string
+  /** Every message delivered so far (Maildir `new/` and `cur/`), oldest first. */
+  readonly messages: () => Effect.Effect<ReadonlyArray<PostfixMessage>>
+  /** Polls until at least `count` messages were delivered (delivery is asynchronous); fails with the log on timeout. */
+  readonly waitForMessages: (
+    count: number,
+    timeout?: Duration.DurationInput
+  ) => Effect.Effect<ReadonlyArray<PostfixMessage>, Error>
+  /** The maillog so far (and the master's own output, if any), for debugging. */
+  readonly log: () => string
+}
+
+export interface PostfixOptions {
+  /** main.cf parameters added to, or overriding, the harness's own. */
+  readonly mainCf?: Readonly<Record<string, string>>
+  /** How long start-up may take before it fails with the log. Default: 15 seconds. */
+  readonly startTimeout?: Duration.DurationInput
+}
+
+const host = "127.0.0.1"
+const servername = "localhost"
+
+const run = (file: string, args: ReadonlyArray<string>, cwd?: string): Effect.Effect<string, Error> =>
+  Effect.async<string, Error>((resume) => {
+    const child = execFile(file, args, { cwd, timeout: 30_000 }, (error, stdout, stderr) => {
+      if (error) {
+        resume(Effect.fail(new Error(`${file} ${args.join(" ")} failed: ${error.message}\n${stdout}${stderr}`)))
+      } else resume(Effect.succeed(stdout.trim()))
+    })
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
+
+const freePorts = (count: number): Effect.Effect<Array<number>, Error> =>
+  Effect.tryPromise({
+    try: async () => {
+      const servers = Array.from({ length: count }, () => net.createServer())
+      try {
+        return await Promise.all(servers.map((server) =>
+          new Promise<number>((resolve, reject) => {
+            server.once("error", reject)
+            server.listen(0, host, () => resolve((server.address() as net.AddressInfo).port))
+          })
+        ))
+      } finally {
+        await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))))
+      }
+    },
+    catch: (cause) => new Error(`cannot find free ports on ${host}: ${String(cause)}`)
+  })
+
+/** Connects, reads the first reply line, says QUIT. */
+const firstLine = (port: number, secure: boolean, ca: string): Effect.Effect<string, Error> =>
+  Effect.async<string, Error>((resume) => {
+    const socket = secure ? tls.connect({ host, port, ca, servername }) : net.connect({ host, port })
+    let buffer = ""
+    let done = false
+    const finish = (result: Effect.Effect<string, Error>) => {
+      if (done) return
+      done = true
+      socket.end("QUIT\r\n")
+      socket.destroySoon()
+      resume(result)
+    }
+    socket.setTimeout(2_000, () => finish(Effect.fail(new Error(`port ${port}: no greeting within 2 s`))))
+    socket.on("error", (error) => finish(Effect.fail(error)))
+    socket.on("close", () => finish(Effect.fail(new Error(`port ${port}: closed before greeting: ${buffer}`))))
+    socket.on("data", (chunk: Buffer) => {
+      buffer += chunk.toString("latin1")
+      const end = buffer.indexOf("\r\n")
+      if (end >= 0) finish(Effect.succeed(buffer.slice(0, end)))
+    })
+    return Effect.sync(() => socket.destroy())
+  })
+
+const headerValue = (raw: string, name: string): string | undefined => {
+  const headerEnd = raw.search(/\r?\n\r?\n/)
+  const unfolded = (headerEnd >= 0 ? raw.slice(0, headerEnd) : raw).replace(/\r?\n[ \t]+/g, " ")
+  const prefix = `${name.toLowerCase()}:`
+  const line = unfolded.split(/\r?\n/).find((l) => l.toLowerCase().startsWith(prefix))
+  return line?.slice(prefix.length).trim()
+}
+
+const readMaildir = (maildir: string): ReadonlyArray<PostfixMessage> => {
+  const found: Array<{ message: PostfixMessage; mtime: number }> = []
+  for (const folder of ["new", "cur"]) {
+    let names: Array<string>
+    try {
+      names = fs.readdirSync(path.join(maildir, folder))
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") continue
+      throw error
+    }
+    for (const name of names) {
+      const file = path.join(maildir, folder, name)
+      const bytes = fs.readFileSync(file)
+      const raw = bytes.toString("utf8")
+      const returnPath = headerValue(raw, "Return-Path")?.replace(/^<(.*)>$/, "$1")
+      found.push({
+        message: { file, bytes: new Uint8Array(bytes), raw, returnPath, deliveredTo: headerValue(raw, "Delivered-To") },
+        mtime: fs.statSync(file).mtimeMs
+      })
+    }
+  }
+  return found.sort((a, b) => a.mtime - b.mtime || a.message.file.localeCompare(b.message.file)).map((f) => f.message)
+}
+
+const readText = (file: string): string => {
+  try {
+    return fs.readFileSync(file, "utf8")
+  } catch {
+    return ""
+  }
+}
+
+/**
+ * Writes a config file dated a minute ago: Postfix will not read a file changed within the last second or two (it
+ * could be half written) and waits in steps of 300 ms, which costs two seconds at every start otherwise.
+ */
+const writeConfig = (file: string, text: string): void => {
+  fs.writeFileSync(file, text)
+  const past = new Date(Date.now() - 60_000)
+  fs.utimesSync(file, past, past)
+}
+
+const mainCf = (dir: string, uid: string, gid: string, extra: Readonly<Record<string, string>>): string => {
+  const outbound = "error:5.7.1 the effect-smtp test server sends no mail out"
+  const settings: Record<string, string> = {
+    compatibility_level: "3.6",
+    queue_directory: `${dir}/queue`,
+    data_directory: `${dir}/data`,
+    // No syslog here: without a maillog file, every failure is silent.
+    maillog_file: `${dir}/log/maillog`,
+    maillog_file_prefixes: `${dir}/log`,
+    myhostname: "localhost",
+    mydomain: "localdomain",
+    myorigin: "example.org",
+    mydestination: "",
+    relay_domains: "",
+    inet_interfaces: "127.0.0.1",
+    inet_protocols: "ipv4",
+    mynetworks: "127.0.0.0/8",
+    smtpd_banner: postfixGreeting.slice(4),
+    // Every local part @example.org goes to one Maildir (the trailing slash makes it a Maildir).
+    virtual_mailbox_domains: "example.org",
+    virtual_mailbox_maps: "static:inbox/",
+    virtual_mailbox_base: `${dir}/mail`,
+    virtual_uid_maps: `static:${uid}`,
+    virtual_gid_maps: `static:${gid}`,
+    virtual_minimum_uid: "1",
+    virtual_mailbox_limit: "0",
+    // Nothing may leave the machine, and nothing is delivered locally.
+    default_transport: outbound,
+    relay_transport: outbound,
+    local_transport: outbound,
+    local_recipient_maps: "",
+    alias_maps: "",
+    alias_database: "",
+    // No permit_mynetworks: anything outside example.org is refused at RCPT (554 5.7.1 Relay access denied).
+    smtpd_relay_restrictions: "reject_unauth_destination",
+    smtpd_recipient_restrictions: "",
+    smtputf8_enable: "yes",
+    // No DNS anywhere.
+    disable_dns_lookups: "yes",
+    smtp_host_lookup: "native",
+    smtp_dns_support_level: "disabled",
+    smtpd_peername_lookup: "no",
+    // TLS material; each port in master.cf picks its own security level.
+    smtpd_tls_cert_file: `${dir}/etc/cert.pem`,
+    smtpd_tls_key_file: `${dir}/etc/key.pem`,
+    smtpd_tls_security_level: "none",
+    smtpd_tls_loglevel: "1",
+    // Fast and deterministic under test load.
+    in_flow_delay: "0s",
+    smtpd_error_sleep_time: "0s",
+    smtpd_client_connection_count_limit: "0",
+    smtpd_client_connection_rate_limit: "0",
+    biff: "no",
+    append_dot_mydomain: "no",
+    readme_directory: "no",
+    ...extra
+  }
+  return Object.entries(settings).map(([key, value]) => `${key} = ${value}`).join("\n") + "\n"
+}
+
+const masterCf = (ports: PostfixPorts): string =>
+  [
+    `${ports.plain} inet n - n - - smtpd`,
+    `${ports.starttls} inet n - n - - smtpd -o smtpd_tls_security_level=may`,
+    `${ports.smtps} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt`,
+    "cleanup unix n - n - 0 cleanup",
+    "qmgr unix n - n 300 1 qmgr",
+    "tlsmgr unix - - n 1000? 1 tlsmgr",
+    "rewrite unix - - n - - trivial-rewrite",
+    "bounce unix - - n - 0 bounce",
+    "defer unix - - n - 0 bounce",
+    "trace unix - - n - 0 bounce",
+    "verify unix - - n - 1 verify",
+    "flush unix n - n 1000? 0 flush",
+    "proxymap unix - - n - - proxymap",
+    "showq unix n - n - - showq",
+    "error unix - - n - - error",
+    "retry unix - - n - - error",
+    "discard unix - - n - - discard",
+    "virtual unix - n n - - virtual",
+    "anvil unix - - n - 1 anvil",
+    "scache unix - - n - 1 scache",
+    "postlog unix-dgram n - n - 1 postlogd",
+    ""
+  ].join("\n")
+
+const isRunning = (child: ChildProcess): boolean => child.exitCode === null && child.signalCode === null
+
+/** Whether a process of the group is still running (zombies wait for PID 1 to reap them: they hold nothing). */
+const groupAlive = (pgid: number): boolean => {
+  try {
+    process.kill(-pgid, 0)
+  } catch {
+    return false
+  }
+  let entries: Array<string>
+  try {
+    entries = fs.readdirSync("/proc")
+  } catch {
+    return true
+  }
+  return entries.some((entry) => {
+    if (!/^\d+$/.test(entry)) return false
+    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+    const stat = readText(`/proc/${entry}/stat`)
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return fields[2] === String(pgid) && fields[0] !== "Z" && fields[0] !== "X"
+  })
+}
+
+const killGroup = (pgid: number, signal: NodeJS.Signals): void => {
+  try {
+    process.kill(-pgid, signal)
+  } catch {
+    // already gone
+  }
+}
+
+/**
+ * Stops the master by the PID in its pid file (it then stops its children), waits for the whole process group to be
+ * gone, and kills what is left after 5 seconds.
+ */
+const stopMaster = (child: ChildProcess, pidFile: string): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    const pgid = child.pid
+    if (pgid === undefined) return
+    const fromFile = Number.parseInt(readText(pidFile).trim(), 10)
+    if (isRunning(child)) {
+      try {
+        process.kill(Number.isInteger(fromFile) && fromFile > 0 ? fromFile : pgid, "SIGTERM")
+      } catch {
+        killGroup(pgid, "SIGTERM")
+      }
+    }
+    const gone = Effect.suspend(() => isRunning(child) || groupAlive(pgid) ? Effect.fail("alive") : Effect.void)
+    yield* gone.pipe(
+      Effect.retry(Schedule.spaced("20 millis")),
+      Effect.timeout("5 seconds"),
+      Effect.catchAll(() =>
+        Effect.sync(() => killGroup(pgid, "SIGKILL")).pipe(
+          Effect.zipRight(gone.pipe(Effect.retry(Schedule.spaced("20 millis")), Effect.timeout("2 seconds"))),
+          Effect.ignore
+        )
+      )
+    )
+  }).pipe(Effect.withClock(Clock.make()))
+
+/**
+ * The queue and data directories with the owners and modes of Postfix's postfix-files, as `postfix check` would
+ * create them (which takes seconds, this milliseconds).
+ */
+const makeQueue = (dir: string, mailOwner: number, setgidGroup: number): void => {
+  const make = (sub: string, uid: number, gid: number, mode: number) => {
+    fs.mkdirSync(`${dir}/${sub}`, { recursive: true })
+    fs.chownSync(`${dir}/${sub}`, uid, gid)
+    fs.chmodSync(`${dir}/${sub}`, mode)
+  }
+  make("queue", 0, 0, 0o755)
+  make("queue/pid", 0, 0, 0o755)
+  make("data", mailOwner, 0, 0o700)
+  const owned = "active bounce corrupt defer deferred flush hold incoming private saved trace"
+  for (const sub of owned.split(" ")) make(`queue/${sub}`, mailOwner, 0, 0o700)
+  make("queue/maildrop", mailOwner, setgidGroup, 0o730)
+  make("queue/public", mailOwner, setgidGroup, 0o710)
+}
+
+class StartFailure extends Error {
+  constructor(message: string, readonly portTaken: boolean) {
+    super(message)
+  }
+}
+
+/** Which of `ports` someone else holds now (the master's own bind errors go to a syslog that does not exist). */
+const takenPorts = (ports: ReadonlyArray<number>): Effect.Effect<Array<number>> =>
+  Effect.promise(() =>
+    Promise.all(ports.map((port) =>
+      new Promise<number | undefined>((resolve) => {
+        const server = net.createServer()
+        server.once("error", () => resolve(port))
+        server.listen(port, host, () => server.close(() => resolve(undefined)))
+      })
+    ))
+  ).pipe(Effect.map((found) => found.filter((port) => port !== undefined)))
+
+/** Process groups of running masters, killed if the test process exits without closing their scopes. */
+const runningGroups = new Set<number>()
+let exitHookInstalled = false
+const killOnExit = (pgid: number): void => {
+  runningGroups.add(pgid)
+  if (exitHookInstalled) return
+  exitHookInstalled = true
+  process.once("exit", () => runningGroups.forEach((group) => killGroup(group, "SIGKILL")))
+}
+
+/** Starts a private Postfix; stops it and removes its folder when the scope closes. */
+export const startPostfix = (options: PostfixOptions = {}): Effect.Effect<PostfixServer, Error, Scope.Scope> =>
+  Effect.gen(function*() {
+    if (process.getuid?.() !== 0) {
+      return yield* Effect.fail(new Error("the Postfix test server must run as root (the Postfix master needs it)"))
+    }
+    const dir = yield* Effect.acquireRelease(
+      Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "effect-smtp-postfix-"))),
+      (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 }))
+    )
+    // The virtual delivery agent runs as the mailbox owner and must reach the Maildir through this folder.
+    fs.chmodSync(dir, 0o755)
+    const etc = `${dir}/etc`
+    const maildir = `${dir}/mail/inbox`
+    const logFile = `${dir}/log/maillog`
+    const outFile = `${dir}/log/master.out`
+    for (const sub of ["etc", "log", "mail"]) fs.mkdirSync(`${dir}/${sub}`, { mode: 0o755 })
+
+    const [daemonDirectory, uid, gid, postdrop] = yield* Effect.all([
+      run("/usr/sbin/postconf", ["-dh", "daemon_directory"]),
+      run("id", ["-u", "postfix"]),
+      run("id", ["-g", "postfix"]),
+      run("getent", ["group", "postdrop"]).pipe(Effect.map((line) => line.split(":")[2] ?? "")),
+      run(
+        "openssl",
+        [
+          ..."req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 -subj /CN=localhost".split(" "),
+          ..."-keyout key.pem -out cert.pem -addext subjectAltName=DNS:localhost,IP:127.0.0.1".split(" ")
+        ],
+        etc
+      )
+    ], { concurrency: "unbounded" })
+    fs.chownSync(`${dir}/mail`, Number(uid), Number(gid))
+    makeQueue(dir, Number(uid), Number(postdrop))
+    const certificatePem = fs.readFileSync(`${etc}/cert.pem`, "utf8")
+    writeConfig(`${etc}/main.cf`, mainCf(dir, uid, gid, options.mainCf ?? {}))
+
+    const log = (): string => {
+      const out = readText(outFile)
+      return readText(logFile) + (out === "" ? "" : `--- master stdout/stderr ---\n${out}`)
+    }
+
+    const attempt = Effect.gen(function*() {
+      const [plain = 0, starttls = 0, smtps = 0] = yield* freePorts(3)
+      const ports: PostfixPorts = { plain, starttls, smtps }
+      writeConfig(`${etc}/master.cf`, masterCf(ports))
+      const child = yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          const out = fs.openSync(outFile, "a")
+          // Its own process group (detached), so the master's shutdown and our fallback reach every daemon.
+          const child = spawn(`${daemonDirectory}/master`, ["-c", etc, "-d"], {
+            cwd: dir,
+            detached: true,
+            stdio: ["ignore", out, out]
+          })
+          fs.closeSync(out)
+          child.on("error", (error) => fs.appendFileSync(outFile, `spawn failed: ${error.message}\n`))
+          child.unref()
+          if (child.pid !== undefined) killOnExit(child.pid)
+          return child
+        }),
+        (child) =>
+          stopMaster(child, `${dir}/queue/pid/master.pid`).pipe(
+            Effect.ensuring(Effect.sync(() => child.pid !== undefined && runningGroups.delete(child.pid)))
+          )
+      )
+
+      const greeted = (port: number, secure: boolean) =>
+        firstLine(port, secure, certificatePem).pipe(
+          Effect.filterOrFail(
+            (line) => line.startsWith("220"),
+            (line) => new Error(`port ${port} greeted with: ${line}`)
+          ),
+          Effect.retry({ schedule: Schedule.spaced("25 millis"), while: () => isRunning(child) })
+        )
+      yield* Effect.all([greeted(plain, false), greeted(starttls, false), greeted(smtps, true)], {
+        concurrency: "unbounded"
+      }).pipe(
+        Effect.timeoutFail({
+          duration: options.startTimeout ?? "15 seconds",
+          onTimeout: () => new Error("timed out waiting for the 220 greetings")
+        }),
+        Effect.catchAll((error) =>
+          Effect.gen(function*() {
+            const exited = !isRunning(child)
+            const taken = exited ? yield* takenPorts([plain, starttls, smtps]) : []
+            // The master logs its own start-up errors to syslog only; `postfix check` writes to the maillog.
+            const check = exited && taken.length === 0
+              ? yield* run("/usr/sbin/postfix", ["-c", etc, "check"]).pipe(
+                Effect.match({ onFailure: (e) => e.message, onSuccess: (out) => out })
+              )
+              : ""
+            return yield* Effect.fail(
+              new StartFailure(
+                [
+                  `Postfix did not start on 127.0.0.1 ports ${plain}/${starttls}/${smtps}`,
+                  exited ? `the master exited with ${child.exitCode ?? child.signalCode}` : "",
+                  `last probe: ${error.message}`,
+                  taken.length > 0 ? `ports already in use: ${taken.join(", ")}` : "",
+                  check === "" ? "" : `postfix check: ${check}`,
+                  `--- maillog ---\n${log()}`
+                ].filter((line) => line !== "").join("\n"),
+                taken.length > 0
+              )
+            )
+          })
+        )
+      )
+      return ports
+    })
+    // A port found free may be taken before the master binds it: then try again with new ports.
+    const ports = yield* attempt.pipe(
+      Effect.retry({ times: 2, while: (error) => error instanceof StartFailure && error.portTaken })
+    )
+
+    const messages = () => Effect.sync(() => readMaildir(maildir))
+    const waitForMessages = (count: number, timeout: Duration.DurationInput = "10 seconds") =>
+      messages().pipe(
+        Effect.filterOrFail((found) => found.length >= count, () => new Error("not yet")),
+        Effect.retry(Schedule.spaced("25 millis")),
+        Effect.timeoutFail({
+          duration: timeout,
+          onTimeout: () =>
+            new Error(
+              `expected ${count} delivered message(s) within ${Duration.format(Duration.decode(timeout))}, found ${
+                readMaildir(maildir).length
+              }\n${log()}`
+            )
+        }),
+        Effect.withClock(Clock.make())
+      )
+
+    const server: PostfixServer = {
+      host,
+      servername,
+      ports,
+      certificatePem,
+      directory: dir,
+      messages,
+      waitForMessages,
+      log
+    }
+    return server
+  }).pipe(
+    // Real time even under @effect/vitest's TestClock: start-up waits on real processes (and so does shutdown, above).
+    Effect.withClock(Clock.make())
+  )
+
+/** A private Postfix with the default options, for `Effect.scoped` or `it.scopedLive`. */
+export const PostfixServer: Effect.Effect<PostfixServer, Error, Scope.Scope> = startPostfix()
+
+/** The same as a service, for `layer(Postfix.Default)` in @effect/vitest: one server for a whole `describe`. */
+export class Postfix extends Context.Tag("effect-smtp/test/Postfix")<Postfix, PostfixServer>() {
+  static readonly Default = Layer.scoped(Postfix, PostfixServer)
+  static readonly make = (options: PostfixOptions) => Layer.scoped(Postfix, startPostfix(options))
+}
