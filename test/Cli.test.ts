@@ -1,13 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { execFileSync, spawn } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { spawn } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import * as net from "node:net"
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
-import type { SMTPServerOptions } from "smtp-server"
-import { SMTPServer } from "smtp-server"
 import { ExitCode, exitCodeOf, normalizeArgs } from "../src/internal/cli.js"
 import {
   InvalidInputError,
@@ -18,6 +16,9 @@ import {
   TimeoutError,
   TlsError
 } from "../src/SmtpError.js"
+import type { Received, SmtpServerFixture } from "./support/smtpServer.js"
+import { startSmtpServer } from "./support/smtpServer.js"
+import { selfSigned } from "./support/tls.js"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 const TEST_TIMEOUT = 30_000
@@ -54,57 +55,10 @@ const cli = (args: ReadonlyArray<string>, input: string | Buffer = ""): Promise<
 /** The lines of an output, without the empty ones. */
 const linesOf = (text: string): Array<string> => text.split("\n").filter((line) => line.trim() !== "")
 
-interface Received {
-  readonly from: string
-  readonly to: ReadonlyArray<string>
-  readonly data: Buffer
-}
+type Server = SmtpServerFixture
 
-interface Server {
-  readonly port: number
-  readonly received: Array<Received>
-  readonly close: () => Promise<void>
-}
-
-/**
- * smtp-server on 127.0.0.1, a free port. Recipients starting with `reject5` get a 550, with `reject4` a 450; the
- * messages it accepts are kept as bytes.
- */
-const startServer = async (options: Partial<SMTPServerOptions> = {}): Promise<Server> => {
-  const received: Array<Received> = []
-  const server = new SMTPServer({
-    authOptional: true,
-    logger: false,
-    onRcptTo(address, _session, callback) {
-      if (address.address.startsWith("reject5")) {
-        callback(Object.assign(new Error("5.1.1 No such user"), { responseCode: 550 }))
-      } else if (address.address.startsWith("reject4")) {
-        callback(Object.assign(new Error("4.2.1 Mailbox busy, try later"), { responseCode: 450 }))
-      } else {
-        callback()
-      }
-    },
-    onData(stream, session, callback) {
-      const chunks: Array<Buffer> = []
-      stream.on("data", (chunk: Buffer) => chunks.push(chunk))
-      stream.on("end", () => {
-        received.push({
-          from: session.envelope.mailFrom === false ? "" : session.envelope.mailFrom.address,
-          to: session.envelope.rcptTo.map((r) => r.address),
-          data: Buffer.concat(chunks)
-        })
-        callback(null, "2.0.0 Ok: queued as CLI")
-      })
-    },
-    ...options
-  })
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-  return {
-    port: (server.server.address() as AddressInfo).port,
-    received,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve()))
-  }
-}
+/** The shared smtp-server fixture (`reject5…` gets a 550, `reject4…` a 450). */
+const startServer = startSmtpServer
 
 /** A loopback port that nothing listens on (taken, then freed). */
 const closedPort = async (): Promise<number> => {
@@ -213,12 +167,12 @@ describe("effect-smtp against a plain smtp-server", () => {
     expect(code).toBe(0)
     expect(linesOf(stdout)).toEqual([
       `Sent to 127.0.0.1:${server.port}: 1 of 1 recipient accepted`,
-      "  Server: 250 2.0.0 Ok: queued as CLI",
+      "  Server: 250 2.0.0 Ok: queued as TEST",
       "  Accepted: file@example.org"
     ])
     const got = receivedBy("file@example.org")
     expect(got?.from).toBe("a@example.org")
-    expect(got?.data.toString("latin1")).toBe(message.replace(/\r\n|\r|\n/g, "\r\n"))
+    expect(got?.data).toBe(message.replace(/\r\n|\r|\n/g, "\r\n"))
   }, TEST_TIMEOUT)
 
   it("send reads standard input and --json reports accepted and rejected recipients", async () => {
@@ -232,11 +186,13 @@ describe("effect-smtp against a plain smtp-server", () => {
     expect(JSON.parse(stdout)).toEqual({
       accepted: ["stdin@example.org"],
       rejected: [{ recipient: "reject5-x@example.org", code: 550, enhancedCode: "5.1.1", message: "No such user" }],
-      response: { code: 250, enhancedCode: "2.0.0", text: "Ok: queued as CLI" }
+      response: { code: 250, enhancedCode: "2.0.0", text: "Ok: queued as TEST" }
     })
     const got = receivedBy("stdin@example.org")
     expect(got?.to).toEqual(["stdin@example.org"])
-    expect(got?.data).toEqual(Buffer.from("Subject: from stdin\r\n\r\nGr\u00fc\u00dfe, 8 bits\r\nno final newline\r\n"))
+    expect(got?.bytes).toEqual(
+      Buffer.from("Subject: from stdin\r\n\r\nGr\u00fc\u00dfe, 8 bits\r\nno final newline\r\n")
+    )
   }, TEST_TIMEOUT)
 
   it("--trace prints the session on standard error", async () => {
@@ -449,32 +405,9 @@ describe("effect-smtp against smtp-server with a self-signed certificate", () =>
   let implicit: Server
 
   beforeAll(async () => {
-    const dir = mkdtempSync(join(tmpdir(), "effect-smtp-cli-cert-"))
-    try {
-      execFileSync("openssl", [
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        "-days",
-        "2",
-        "-keyout",
-        join(dir, "key.pem"),
-        "-out",
-        join(dir, "cert.pem")
-      ], { stdio: "ignore" })
-      const key = readFileSync(join(dir, "key.pem"))
-      const cert = readFileSync(join(dir, "cert.pem"))
-      starttls = await startServer({ key, cert })
-      implicit = await startServer({ key, cert, secure: true })
-    } finally {
-      rmSync(dir, { recursive: true, force: true })
-    }
+    const { cert, key } = selfSigned()
+    starttls = await startServer({ key, cert, disabledCommands: [] })
+    implicit = await startServer({ key, cert, secure: true, disabledCommands: [] })
   }, TEST_TIMEOUT)
 
   afterAll(async () => {
@@ -537,7 +470,7 @@ describe("effect-smtp against smtp-server with a self-signed certificate", () =>
     expect(code).toBe(0)
     expect(linesOf(stderr)).toHaveLength(1)
     expect(stdout).toContain("1 of 1 recipient accepted")
-    expect(starttls.received.find((m) => m.to.includes("tls@example.org"))?.data.toString("latin1"))
+    expect(starttls.received.find((m) => m.to.includes("tls@example.org"))?.data)
       .toBe("Subject: over TLS\r\n\r\nsecret\r\n")
   }, TEST_TIMEOUT)
 })
