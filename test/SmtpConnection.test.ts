@@ -25,6 +25,14 @@ import { answerEhlo, greet, scriptedServer, serveTransaction, wellBehaved } from
 import { smtpServer } from "./support/smtpServer.js"
 import { selfSigned } from "./support/tls.js"
 
+/** A server that greets, answers EHLO, reads one more command and never answers it. */
+const stallAfterOneCommand = async (session: ScriptedSession) => {
+  await greet(session)
+  await answerEhlo(session)
+  await session.readLine()
+  await session.stall()
+}
+
 /** Reads CRLF-terminated lines from a socket until stopped. */
 const lineReader = (socket: net.Socket) => {
   let buffered = ""
@@ -475,12 +483,7 @@ describe("SmtpConnection scope and faults", () => {
 
   it.scopedLive("a server that never answers QUIT holds the release no longer than the QUIT timeout", () =>
     Effect.gen(function*() {
-      const server = yield* scriptedServer(async (session) => {
-        await greet(session)
-        await answerEhlo(session)
-        await session.readLine()
-        await session.stall()
-      })
+      const server = yield* scriptedServer(stallAfterOneCommand)
       const started = Date.now()
       yield* Effect.scoped(connect({ host: "127.0.0.1", port: server.port, timeouts: { quit: "200 millis" } }))
       expect(Date.now() - started).toBeLessThan(1500)
@@ -734,12 +737,7 @@ describe("SmtpConnection scope and faults", () => {
 
   it.scopedLive("interrupting a command midway closes the socket at once", () =>
     Effect.gen(function*() {
-      const server = yield* scriptedServer(async (session) => {
-        await greet(session)
-        await answerEhlo(session)
-        await session.readLine()
-        await session.stall()
-      })
+      const server = yield* scriptedServer(stallAfterOneCommand)
       yield* Effect.scoped(Effect.gen(function*() {
         const c = yield* connect({ host: "127.0.0.1", port: server.port })
         const fiber = yield* Effect.fork(c.mail("a@example.org"))
