@@ -242,6 +242,25 @@ describe("SmtpConnection against smtp-server", () => {
       expect(byName("smtp.data")!.attributes.get("smtp.reply.code")).toBe(250)
     }))
 
+  it.scopedLive("concurrent sends on one connection run one transaction at a time", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer()
+      const results = yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({ host: "127.0.0.1", port: server.port })
+        return yield* Effect.all(
+          Array.from({ length: 20 }, (_, i) =>
+            c.send({ from: "a@example.org", to: [`r${i}@example.org`] }, `message ${i}`)),
+          { concurrency: "unbounded" }
+        )
+      })).pipe(Effect.withMaxOpsBeforeYield(16))
+      expect(results.every((r) =>
+        r.response.code === 250
+      )).toBe(true)
+      expect(server.received.map((m) => m.data).sort()).toEqual(
+        Array.from({ length: 20 }, (_, i) => `message ${i}\r\n`).sort()
+      )
+    }))
+
   it.scopedLive("writes raw bytes and reads raw replies, aborts without QUIT, and tells its timeouts", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer(wellBehaved)

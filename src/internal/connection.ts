@@ -5,6 +5,7 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as FiberRef from "effect/FiberRef"
 import * as PubSub from "effect/PubSub"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
@@ -214,14 +215,21 @@ export const make = (
         )
       })
 
+    /** True in a fiber that holds `lock`, so that a transaction can run its commands inside one use. */
+    const holding = yield* FiberRef.make(false)
+
     /**
      * Runs `effect` as one use of the connection: one at a time, refused when the connection is closed, and closing
-     * it when the effect fails in a way that leaves the session's state unknown or is interrupted midway.
+     * it when the effect fails in a way that leaves the session's state unknown or is interrupted midway. A use
+     * inside a use (the commands of `send`, the EHLO after STARTTLS) runs in the outer one's turn.
      */
-    const use = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | NetworkError, R> =>
-      lock.withPermits(1)(
-        Effect.suspend((): Effect.Effect<A, E | NetworkError, R> => broken !== undefined ? Effect.fail(broken) : effect)
-          .pipe(
+    const use = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | NetworkError, R> => {
+      const guarded = Effect.suspend((): Effect.Effect<A, E | NetworkError, R> =>
+        broken !== undefined ? Effect.fail(broken) : effect
+      )
+      return Effect.flatMap(FiberRef.get(holding), (held) =>
+        held ? guarded : lock.withPermits(1)(
+          guarded.pipe(
             Effect.tapError((error) => {
               const tag = (error as { readonly _tag?: string })._tag
               return tag === "NetworkError" || tag === "TimeoutError" || tag === "SmtpProtocolError" ||
@@ -229,9 +237,11 @@ export const make = (
                 ? breakConnection(`a ${tag}`)
                 : Effect.void
             }),
-            Effect.onInterrupt(() => breakConnection("an interruption"))
+            Effect.onInterrupt(() => breakConnection("an interruption")),
+            Effect.locally(holding, true)
           )
-      )
+        ))
+    }
 
     /** Checks a reply: a 421 closes the connection; a reply outside `ok` fails with its error. */
     const check = (
@@ -337,29 +347,25 @@ export const make = (
         )
       )
 
+    /** STARTTLS, the handshake and EHLO (or LHLO) again, in one use: no other command can come in between. */
     const startTls = (overrides?: TlsOptions): Effect.Effect<TlsDetails, ReplyError | TlsError> =>
-      Effect.gen(function*() {
-        const details = yield* use(
-          Effect.gen(function*() {
-            const reply = yield* exchange(SmtpCommand.startTls).pipe(
-              Effect.catchTag("InvalidInputError", (error) => Effect.die(error))
-            )
-            yield* check(reply, "STARTTLS", (r) => r.code === 220)
-            // Whatever the server sent after its 220 is dropped with the parser and with the transport's buffer.
-            parser = SmtpReply.makeParser()
-            parsed = []
-            parseFailure = undefined
-            const details = yield* socket.upgradeToTls({ ...tlsOptions, ...overrides }).pipe(timed("startTls", false))
-            capabilities = Capabilities.empty
-            extended = false
-            return details
-          })
-        )
-        yield* (lmtp ? lhlo() : ehlo()).pipe(
-          Effect.catchTag("InvalidInputError", (error) => Effect.die(error))
-        )
-        return details
-      }).pipe(
+      use(
+        Effect.gen(function*() {
+          const reply = yield* exchange(SmtpCommand.startTls).pipe(
+            Effect.catchTag("InvalidInputError", (error) => Effect.die(error))
+          )
+          yield* check(reply, "STARTTLS", (r) => r.code === 220)
+          // Whatever the server sent after its 220 is dropped with the parser and with the transport's buffer.
+          parser = SmtpReply.makeParser()
+          parsed = []
+          parseFailure = undefined
+          const details = yield* socket.upgradeToTls({ ...tlsOptions, ...overrides }).pipe(timed("startTls", false))
+          capabilities = Capabilities.empty
+          extended = false
+          yield* (lmtp ? lhlo() : ehlo()).pipe(Effect.catchTag("InvalidInputError", (error) => Effect.die(error)))
+          return details
+        })
+      ).pipe(
         Effect.withSpan("smtp.starttls", {
           kind: "client",
           attributes: { ...spanAttributes, "smtp.command": "STARTTLS" }
@@ -438,7 +444,7 @@ export const make = (
     })
 
     const send = <E = never, R = never>(envelope: SmtpConnection.Envelope, body: SmtpConnection.Body<E, R>) =>
-      Effect.gen(function*() {
+      use(Effect.gen(function*() {
         // Every address is checked before anything is sent, so bad input loses nothing.
         const mail = SmtpCommand.mail(envelope.from, envelope.mailParameters)
         const rcpts = envelope.to.map((to) => SmtpCommand.rcpt(to, envelope.rcptParameters))
@@ -481,7 +487,7 @@ export const make = (
           return yield* (transient ?? rejected[0]!).error
         }
         return { accepted: delivered, rejected, response }
-      }).pipe(Effect.withSpan("smtp.send", { kind: "client", attributes: spanAttributes }))
+      })).pipe(Effect.withSpan("smtp.send", { kind: "client", attributes: spanAttributes }))
 
     // Release: QUIT, bounded by its short timeout, unless the session is already closed; the socket's own finalizer
     // (added when it was opened, so run after this one) then closes it.
