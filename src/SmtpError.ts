@@ -237,6 +237,46 @@ export class TlsError extends Data.TaggedError("TlsError")<{
 }
 
 /**
+ * Why authentication could not happen or could not be trusted: the server offers no AUTH, no mechanism is common to
+ * both sides (or the pinned one is not offered), the connection is in cleartext and the user did not allow that, or
+ * the server could not prove it knows the password (SCRAM).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type AuthFailure = "not-offered" | "no-common-mechanism" | "cleartext" | "server-unverified"
+
+/**
+ * Authentication could not happen, or the server could not be trusted. Not retryable. A refused login is a reply
+ * error instead (535 permanent, 454 transient).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class SmtpAuthError extends Data.TaggedError("SmtpAuthError")<{
+  readonly failure: AuthFailure
+  /** What was offered, pinned or wrong; never a credential. */
+  readonly detail: string
+}> {
+  /**
+   * @since 0.1.0
+   */
+  readonly [TypeId]: TypeId = TypeId
+  /**
+   * @since 0.1.0
+   */
+  override get message(): string {
+    const what = {
+      "not-offered": "the server does not offer AUTH",
+      "no-common-mechanism": "no SASL mechanism is supported by both sides",
+      "cleartext": "the connection is not encrypted, and authenticating in cleartext was not allowed",
+      "server-unverified": "the server could not prove that it knows the password"
+    }[this.failure]
+    return `Authentication: ${what}${this.detail === "" ? "" : ` (${this.detail})`}`
+  }
+}
+
+/**
  * Any error effect-smtp fails with.
  *
  * @since 0.1.0
@@ -250,6 +290,7 @@ export type SmtpError =
   | SmtpProtocolError
   | InvalidInputError
   | TlsError
+  | SmtpAuthError
 
 /**
  * Tells whether a value is one of effect-smtp's errors.

@@ -56,6 +56,7 @@ export * as SmtpTransport from "./SmtpTransport.js"
 export {
   InvalidInputError,
   NetworkError,
+  SmtpAuthError,
   SmtpPermanentError,
   SmtpProtocolError,
   SmtpTransientError,

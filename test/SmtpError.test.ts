@@ -13,6 +13,8 @@ describe("SmtpError", () => {
     expect(Root.SmtpPermanentError).toBe(SmtpError.SmtpPermanentError)
     expect(Root.SmtpProtocolError).toBe(SmtpError.SmtpProtocolError)
     expect(Root.InvalidInputError).toBe(SmtpError.InvalidInputError)
+    expect(Root.TlsError).toBe(SmtpError.TlsError)
+    expect(Root.SmtpAuthError).toBe(SmtpError.SmtpAuthError)
   })
 
   it("retries network failures, timeouts and 4xx replies, and nothing else", () => {
@@ -25,6 +27,8 @@ describe("SmtpError", () => {
       new SmtpError.SmtpPermanentError({ ...reply, code: 550, enhancedCode: "5.1.1" }),
       new SmtpError.SmtpProtocolError({ reason: "garbage" }),
       new SmtpError.InvalidInputError({ field: "RCPT TO address", reason: "it is empty" }),
+      new SmtpError.TlsError({ failure: "wrong-host-name", host: "mx.example.org" }),
+      new SmtpError.SmtpAuthError({ failure: "no-common-mechanism", detail: "offered: GSSAPI" }),
       new Error("not ours"),
       "a string"
     ]
@@ -56,6 +60,8 @@ describe("SmtpError", () => {
     expect(new SmtpError.SmtpTransientError(reply).message).toBe("Transient failure to RCPT: 450 4.2.0 Mailbox busy")
     expect(new SmtpError.SmtpProtocolError({ reason: "bad", command: "EHLO" }).message)
       .toBe("SMTP protocol violation in reply to EHLO: bad")
+    expect(new SmtpError.SmtpAuthError({ failure: "cleartext", detail: "" }).message)
+      .toBe("Authentication: the connection is not encrypted, and authenticating in cleartext was not allowed")
   })
 
   it.effect("are yieldable failures with their tag", () =>
