@@ -11,10 +11,12 @@ import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as Capabilities from "./Capabilities.js"
 import * as internal from "./internal/connection.js"
+import type * as SmtpAuth from "./SmtpAuth.js"
 import type * as SmtpCommand from "./SmtpCommand.js"
 import type {
   InvalidInputError,
   NetworkError,
+  SmtpAuthError,
   SmtpPermanentError,
   SmtpProtocolError,
   SmtpTransientError,
@@ -265,6 +267,14 @@ export interface SmtpConnection {
    * Any command, for extensions (Hunny's `SendCommand`, Poco's `sendCommand`): returns the reply whatever its class.
    */
   readonly command: (command: SmtpCommand.SmtpCommand) => Effect.Effect<SmtpReply, ReadError | InvalidInputError>
+  /**
+   * AUTH (RFC 4954) with the strongest mechanism both sides support, or the pinned one; returns its name. Refused in
+   * cleartext unless the settings allow it. A wrong password is an `SmtpPermanentError` (535), a temporary failure an
+   * `SmtpTransientError` (454); a malformed challenge is a protocol error (the exchange is cancelled with `*`).
+   */
+  readonly authenticate: (
+    settings: SmtpAuth.Settings
+  ) => Effect.Effect<string, ReplyError | SmtpAuthError | InvalidInputError>
   /** Reads one more reply (Hunny's `ReceiveResponse`, D's `getResponse`). */
   readonly readReply: Effect.Effect<SmtpReply, ReadError>
   /**
@@ -293,11 +303,11 @@ export interface SmtpConnection {
  * @since 0.1.0
  * @category models
  */
-export type ConnectError = ReplyError | TlsError | InvalidInputError
+export type ConnectError = ReplyError | TlsError | InvalidInputError | SmtpAuthError
 
 /**
  * Opens a session: connect, read the greeting, EHLO (HELO if the server answers 500 or 502; LHLO for LMTP), and
- * STARTTLS as the TLS mode says. The connection lives in the scope.
+ * STARTTLS as the TLS mode says, then AUTH when `SmtpAuth` settings are in context. The connection lives in the scope.
  *
  * @since 0.1.0
  * @category constructors

@@ -6,20 +6,31 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as FiberRef from "effect/FiberRef"
+import * as Option from "effect/Option"
 import * as PubSub from "effect/PubSub"
+import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as os from "node:os"
 import * as Capabilities from "../Capabilities.js"
 import * as DataEncoder from "../DataEncoder.js"
 import * as Mailbox from "../Mailbox.js"
+import * as SmtpAuth from "../SmtpAuth.js"
 import * as SmtpCommand from "../SmtpCommand.js"
 import type * as SmtpConnection from "../SmtpConnection.js"
-import { NetworkError, SmtpProtocolError, TimeoutError, TlsError } from "../SmtpError.js"
-import type { InvalidInputError, SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
+import {
+  InvalidInputError,
+  NetworkError,
+  SmtpAuthError,
+  SmtpProtocolError,
+  TimeoutError,
+  TlsError
+} from "../SmtpError.js"
+import type { SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
 import * as SmtpReply from "../SmtpReply.js"
 import { SmtpTransport } from "../SmtpTransport.js"
 import type { SmtpSocket, TlsDetails, TlsOptions } from "../SmtpTransport.js"
+import * as Sasl from "./sasl.js"
 
 type Timeouts = SmtpConnection.Timeouts
 type Phase = keyof Timeouts
@@ -145,7 +156,7 @@ export const make = (
     let quitSent = false
     let capabilities = Capabilities.empty
     let extended = false
-    let authenticated: string | undefined
+    let authenticated: string | undefined = undefined
     /** Recipients accepted since MAIL: with LMTP, the number of replies the end of data brings. */
     let lmtpRecipients = 0
     const usage = { bytesSent: 0, bytesReceived: 0, sendingMillis: 0, receivingMillis: 0 }
@@ -438,6 +449,87 @@ export const make = (
         Effect.withSpan("smtp.bdat", { kind: "client", attributes: { ...spanAttributes, "smtp.command": "BDAT" } })
       )
 
+    /** A 334 challenge's base64 text, decoded; undefined when it is not base64 (RFC 4954 §4). */
+    const decodeChallenge = (reply: SmtpReply.SmtpReply): Uint8Array | undefined => {
+      const text = reply.lines.join("").trim()
+      return text.length % 4 === 0 && /^[A-Za-z0-9+/]*={0,2}$/.test(text) ? Buffer.from(text, "base64") : undefined
+    }
+
+    /** Cancels an exchange the client cannot continue (RFC 4954 §4: "*"), then fails with `error`. */
+    const cancelAuth = <E>(error: E) =>
+      Effect.zipRight(Effect.ignore(exchange(SmtpCommand.authCancel)), Effect.fail(error))
+
+    /** One AUTH exchange with a mechanism: the command, every 334 step, and the final reply. */
+    const runExchange = (mechanism: Sasl.Mechanism, input: Sasl.StartInput) =>
+      Effect.gen(function*() {
+        const started = mechanism.start(input)
+        if (Either.isLeft(started)) {
+          return yield* new InvalidInputError({ field: "credentials", reason: started.left })
+        }
+        const attempt = started.right
+        let reply = yield* exchange(SmtpCommand.auth(mechanism.name, attempt.initialResponse))
+        while (reply.code === 334) {
+          const challenge = decodeChallenge(reply)
+          if (challenge === undefined) {
+            return yield* cancelAuth(
+              new SmtpProtocolError({ reason: "a 334 challenge is not base64", command: "AUTH" })
+            )
+          }
+          const step = attempt.step(challenge)
+          if (step._tag === "Fail") {
+            return yield* cancelAuth(new SmtpProtocolError({ reason: step.reason, command: "AUTH" }))
+          }
+          reply = yield* exchange(SmtpCommand.authResponse(step.response))
+        }
+        yield* check(reply, "AUTH", (r) => r.code === 235)
+        const unproven = attempt.finish()
+        if (unproven !== undefined) {
+          // Signed in to a server that could not prove it knows the password: do not use the session.
+          yield* breakConnection("an unverified server")
+          return yield* new SmtpAuthError({ failure: "server-unverified", detail: unproven })
+        }
+      })
+
+    const authenticate = (settings: SmtpAuth.Settings) =>
+      use(Effect.gen(function*() {
+        if (!Capabilities.has(capabilities, "AUTH")) {
+          return yield* new SmtpAuthError({ failure: "not-offered", detail: "" })
+        }
+        const secure = (yield* socket.tls) !== undefined
+        if (!secure && settings.allowCleartext !== true) {
+          return yield* new SmtpAuthError({ failure: "cleartext", detail: "allowCleartext is off" })
+        }
+        const usesToken = "token" in settings
+        const chosen = Sasl.choose(Capabilities.authMechanisms(capabilities), {
+          preference: settings.preference,
+          pinned: settings.mechanism,
+          credential: usesToken ? "token" : "password",
+          mechanisms: [...(settings.mechanisms ?? []), ...Sasl.all]
+        })
+        if (Either.isLeft(chosen)) {
+          return yield* new SmtpAuthError({ failure: "no-common-mechanism", detail: chosen.left })
+        }
+        const mechanism = chosen.right
+        const base = { ...settings.startOptions, host: options.host, port }
+        if ("token" in settings) {
+          const attempt = (token: Redacted.Redacted<string>) =>
+            runExchange(mechanism, { ...base, username: settings.username, token })
+          // A refused token may just have expired: fetch it once more and try once more.
+          yield* Effect.flatMap(settings.token, attempt).pipe(
+            Effect.catchIf(
+              (error) => error._tag === "SmtpPermanentError" && error.code === 535,
+              () => Effect.flatMap(settings.token, attempt)
+            )
+          )
+        } else {
+          yield* runExchange(mechanism, { ...base, username: settings.username, password: settings.password })
+        }
+        authenticated = mechanism.name
+        return mechanism.name
+      })).pipe(
+        Effect.withSpan("smtp.auth", { kind: "client", attributes: { ...spanAttributes, "smtp.command": "AUTH" } })
+      )
+
     const quit = Effect.suspend(() => {
       quitSent = true
       return fixed(SmtpCommand.quit).pipe(Effect.ensuring(breakConnection("QUIT")))
@@ -553,6 +645,7 @@ export const make = (
           })
         ),
       readReply: use(readReply("command", undefined)),
+      authenticate,
       writeRaw: (bytes) =>
         use(Effect.zipRight(record("client", `<${bytes.length} raw octets>`), writeBytes([bytes], "dataBlock"))),
       abort: breakConnection("abort"),
@@ -570,5 +663,8 @@ export const make = (
         return yield* new TlsError({ failure: "not-offered", host: options.host })
       }
     }
+    // With SmtpAuth in context, every connection signs in before it is handed out.
+    const auth = yield* Effect.serviceOption(SmtpAuth.SmtpAuth)
+    if (Option.isSome(auth)) yield* authenticate(auth.value)
     return connection
   })
