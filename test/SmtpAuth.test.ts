@@ -1,10 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
+import * as fc from "fast-check"
 import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerSession } from "smtp-server"
 import * as SmtpAuth from "../src/SmtpAuth.js"
 import * as SmtpConnection from "../src/SmtpConnection.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
+import { answerEhlo, greet, scriptedServer, serveTransaction } from "./support/scriptedServer.js"
 import { smtpServer } from "./support/smtpServer.js"
 import { selfSigned } from "./support/tls.js"
 
@@ -136,5 +138,144 @@ describe("SmtpConnection.authenticate against smtp-server", () => {
         Effect.flip(c.authenticate({ username: "alice", password, allowCleartext: true, mechanism: "SCRAM-SHA-256" }))))
       expect(pinned._tag === "SmtpAuthError" && pinned.failure).toBe("no-common-mechanism")
       expect(pinned.message).toContain("SCRAM-SHA-256")
+    }))
+})
+
+describe("SmtpConnection.authenticate against scripted servers", () => {
+  const connectTo = (port: number, options: Partial<SmtpConnection.Options> = {}) =>
+    SmtpConnection.make({ host: "127.0.0.1", port, tls: "none", timeout: "2 seconds", ...options }).pipe(
+      Effect.provide(SmtpTransport.layerNode)
+    )
+
+  it.scopedLive("a SCRAM server that cannot prove it knows the password is refused, and the exchange cancelled", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session, ["AUTH SCRAM-SHA-256"])
+        const auth = await session.readLine()
+        const clientFirst = Buffer.from(auth.split(" ")[2]!, "base64").toString()
+        const clientNonce = /r=([^,]+)/.exec(clientFirst)![1]!
+        const serverFirst = `r=${clientNonce}server-nonce,s=${Buffer.from("salt").toString("base64")},i=4096`
+        await session.reply(`334 ${Buffer.from(serverFirst).toString("base64")}`)
+        await session.readLine()
+        // The server does not know the password: its signature is made up.
+        await session.reply(`334 ${Buffer.from(`v=${Buffer.alloc(32, 7).toString("base64")}`).toString("base64")}`)
+        expect(await session.readLine()).toBe("*")
+        await session.reply("501 5.7.0 Authentication cancelled")
+        await serveTransaction(session)
+      })
+      const error = yield* Effect.scoped(
+        Effect.flatMap(
+          connectTo(server.port),
+          (c) => Effect.flip(c.authenticate({ username: "alice", password, allowCleartext: true }))
+        )
+      )
+      expect(error._tag).toBe("SmtpProtocolError")
+      expect(error.message).toContain("SCRAM-SHA-256")
+      yield* Effect.promise(() => server.allClosed())
+    }))
+
+  it.scopedLive("a malformed challenge is a protocol error, answered with *", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session, ["AUTH LOGIN"])
+        await session.readLine()
+        await session.reply("334 this is not base64!")
+        expect(await session.readLine()).toBe("*")
+        await session.reply("501 5.7.0 Authentication cancelled")
+        await serveTransaction(session)
+      })
+      const error = yield* Effect.scoped(Effect.flatMap(connectTo(server.port), (c) =>
+        Effect.flip(c.authenticate({ username: "alice", password, allowCleartext: true }))))
+      expect(error._tag === "SmtpProtocolError" && error.reason).toBe("a 334 challenge is not base64")
+    }))
+
+  it.scopedLive("a server that offers AUTH only before STARTTLS is not given credentials in the clear", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session, ["PIPELINING", "AUTH PLAIN LOGIN"])
+        await serveTransaction(session)
+      })
+      const error = yield* Effect.scoped(connectTo(server.port, { tls: "opportunistic" })).pipe(
+        Effect.provide(SmtpAuth.layer({ username: "alice", password })),
+        Effect.flip
+      )
+      expect(error._tag === "SmtpAuthError" && error.failure).toBe("cleartext")
+      yield* Effect.promise(() => server.allClosed())
+      expect(server.transcripts()[0]).not.toContain("AUTH")
+    }))
+
+  it.scopedLive("454 and 534 are a transient and a permanent failure with their enhanced codes", () =>
+    Effect.gen(function*() {
+      const refuse = (reply: string) =>
+        scriptedServer(async (session) => {
+          await greet(session)
+          await answerEhlo(session, ["AUTH PLAIN"])
+          await session.readLine()
+          await session.reply(reply)
+          await serveTransaction(session)
+        })
+      const attempt = (port: number) =>
+        Effect.scoped(
+          Effect.flatMap(connectTo(port), (c) =>
+            Effect.flip(c.authenticate({ username: "alice", password, allowCleartext: true })))
+        )
+      const transient = yield* attempt((yield* refuse("454 4.7.0 Temporary authentication failure")).port)
+      expect(transient._tag === "SmtpTransientError" && [transient.code, transient.enhancedCode]).toEqual([
+        454,
+        "4.7.0"
+      ])
+      const weak = yield* attempt((yield* refuse("534 5.7.9 Authentication mechanism is too weak")).port)
+      expect(weak._tag === "SmtpPermanentError" && [weak.code, weak.enhancedCode]).toEqual([534, "5.7.9"])
+    }))
+
+  it.scopedLive("property: no credential byte sequence appears in the transcript or in any error's text", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session, ["AUTH PLAIN LOGIN CRAM-MD5"])
+        for (;;) {
+          const line = await session.readLine()
+          if (line.startsWith("AUTH LOGIN")) {
+            await session.reply("334 VXNlcm5hbWU6")
+            await session.readLine()
+            await session.reply("334 UGFzc3dvcmQ6")
+            await session.readLine()
+          } else if (line.startsWith("AUTH CRAM-MD5")) {
+            await session.reply("334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+")
+            await session.readLine()
+          } else if (line === "QUIT") {
+            await session.reply("221 Bye")
+            return session.end()
+          }
+          await session.reply("535 5.7.8 Authentication credentials invalid")
+        }
+      })
+      const samples = fc.sample(
+        fc.tuple(fc.constantFrom("PLAIN", "LOGIN", "CRAM-MD5"), fc.string({ minLength: 6, maxLength: 24 })),
+        { numRuns: 60, seed: 4242 }
+      )
+      for (const [mechanism, secretText] of samples) {
+        const lines: Array<string> = []
+        const error = yield* Effect.scoped(Effect.flatMap(
+          connectTo(server.port, { onTranscript: (entry) => Effect.sync(() => lines.push(entry.line)) }),
+          (c) =>
+            Effect.flip(c.authenticate({
+              username: "alice",
+              password: Redacted.make(secretText),
+              allowCleartext: true,
+              mechanism
+            }))
+        ))
+        const seen = [...lines, error.message, String(error), JSON.stringify(error)].join("\n")
+        const forms = [
+          secretText,
+          Buffer.from(secretText).toString("base64"),
+          Buffer.from(`\u0000alice\u0000${secretText}`).toString("base64")
+        ]
+        for (const form of forms) expect(seen.includes(form), `${mechanism} leaked ${JSON.stringify(form)}`).toBe(false)
+      }
     }))
 })
