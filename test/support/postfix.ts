@@ -3,6 +3,8 @@
  * test run, delivering every recipient `@example.org` into one Maildir and refusing everything else.
  *
  * Needs root (the Postfix master refuses to start otherwise) and `apt-get install -y postfix openssl`.
+ *
+ * With `sasl`, it also offers SMTP AUTH through a private Dovecot auth server (`apt-get install -y dovecot-core`).
  */
 import { Clock, Context, Duration, Effect, Layer, Schedule } from "effect"
 import type { Scope } from "effect"
@@ -17,6 +19,19 @@ import * as tls from "node:tls"
 /** What `requireServer` should find for these tests, and how to install it. */
 export const postfixBinaries: ReadonlyArray<string> = ["/usr/sbin/postfix", "/usr/sbin/postconf", "/usr/bin/openssl"]
 export const postfixInstall = "apt-get install -y postfix openssl"
+
+/** What `requireServer` should find for the `sasl` option (Dovecot's auth server), and how to install it. */
+export const dovecotBinaries: ReadonlyArray<string> = [...postfixBinaries, "/usr/sbin/dovecot"]
+export const dovecotInstall = "apt-get install -y postfix openssl dovecot-core"
+
+/** The SASL mechanisms Postfix offers with the `sasl` option, in the order its EHLO lists them. */
+export const postfixSaslMechanisms: ReadonlyArray<string> = [
+  "PLAIN",
+  "LOGIN",
+  "CRAM-MD5",
+  "SCRAM-SHA-1",
+  "SCRAM-SHA-256"
+]
 
 /** The first line every port sends. */
 export const postfixGreeting = "220 localhost ESMTP effect-smtp test Postfix"
@@ -62,9 +77,25 @@ export interface PostfixServer {
   readonly log: () => string
 }
 
+/** One account of the `sasl` option. */
+export interface PostfixSaslUser {
+  /** Taken as is: case-sensitive, any characters but `:`, tab, CR, LF and NUL. */
+  readonly user: string
+  /** Any characters (stored base64-encoded, as `{PLAIN.B64}`, so every mechanism can use it). */
+  readonly password: string
+}
+
 export interface PostfixOptions {
-  /** main.cf parameters added to, or overriding, the harness's own. */
+  /** main.cf parameters added to, or overriding, the harness's own (the `sasl` ones too). */
   readonly mainCf?: Readonly<Record<string, string>>
+  /**
+   * Offer SMTP AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1, SCRAM-SHA-256) for these accounts, checked by a private
+   * Dovecot auth server (`smtpd_sasl_type = dovecot`) started and stopped with Postfix. AUTH is then offered on the
+   * plain port even without TLS (`smtpd_tls_auth_only = no`), on the STARTTLS port only after STARTTLS
+   * (`smtpd_tls_auth_only = yes`), and on the implicit TLS port. A failed AUTH is answered at once (no failure delay,
+   * no penalty for repeated failures). Authenticated clients still may not relay outside example.org.
+   */
+  readonly sasl?: { readonly users: ReadonlyArray<PostfixSaslUser> }
   /** How long start-up may take before it fails with the log. Default: 15 seconds. */
   readonly startTimeout?: Duration.DurationInput
 }
@@ -234,10 +265,11 @@ const mainCf = (dir: string, uid: string, gid: string, extra: Readonly<Record<st
   return Object.entries(settings).map(([key, value]) => `${key} = ${value}`).join("\n") + "\n"
 }
 
-const masterCf = (ports: PostfixPorts): string =>
+const masterCf = (ports: PostfixPorts, sasl: boolean): string =>
   [
     `${ports.plain} inet n - n - - smtpd`,
-    `${ports.starttls} inet n - n - - smtpd -o smtpd_tls_security_level=may`,
+    `${ports.starttls} inet n - n - - smtpd -o smtpd_tls_security_level=may` +
+    (sasl ? " -o smtpd_tls_auth_only=yes" : ""),
     `${ports.smtps} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt`,
     "cleanup unix n - n - 0 cleanup",
     "qmgr unix n - n 300 1 qmgr",
@@ -368,6 +400,185 @@ const killOnExit = (pgid: number): void => {
   process.once("exit", () => runningGroups.forEach((group) => killGroup(group, "SIGKILL")))
 }
 
+/** The private Dovecot of the `sasl` option: its auth socket for smtpd, and its log. */
+interface Dovecot {
+  readonly socket: string
+  readonly log: () => string
+}
+
+const dovecotConf = (root: string, usersFile: string): string =>
+  [
+    "# A private Dovecot for the effect-smtp tests: nothing but its auth service, for Postfix's smtpd.",
+    `base_dir = ${root}/run`,
+    `state_dir = ${root}/state`,
+    `log_path = ${root}/log/dovecot.log`,
+    // Process titles "dovecot-effect-smtp-test/auth", not those of a system Dovecot.
+    "instance_name = effect-smtp-test",
+    "protocols = none",
+    "ssl = no",
+    "default_internal_user = dovecot",
+    "disable_plaintext_auth = no",
+    "auth_mechanisms = plain login cram-md5 scram-sha-1 scram-sha-256",
+    // User names as given: any characters, case kept (the default `%Lu` lowercases).
+    "auth_username_chars =",
+    "auth_username_format = %u",
+    // A failure is answered at once, not after 2 seconds: no delay, and `nodelay` (below) so that the reply is not
+    // held for the next check of the failure queue either (every 500 ms, even with no delay).
+    "auth_failure_delay = 0",
+    "auth_verbose = yes",
+    "passdb {",
+    "  driver = passwd-file",
+    `  args = scheme=PLAIN username_format=%u ${usersFile}`,
+    "}",
+    // Unknown users and wrong passwords for PLAIN and LOGIN end here, failing with `nodelay`.
+    "passdb {",
+    "  driver = static",
+    "  args = nopassword=yes nodelay=yes",
+    "  deny = yes",
+    "}",
+    "userdb {",
+    "  driver = static",
+    "  args = uid=dovecot gid=dovecot home=/nonexistent",
+    "}",
+    "service auth {",
+    "  unix_listener auth-postfix {",
+    "    mode = 0660",
+    "    user = postfix",
+    "    group = postfix",
+    "  }",
+    "}",
+    // No penalty (up to 15 s per AUTH) for repeated failures from 127.0.0.1: this listener is how to turn it off.
+    "service anvil {",
+    "  unix_listener anvil-auth-penalty {",
+    "    mode = 0",
+    "  }",
+    "}",
+    ""
+  ].join("\n")
+
+/** Connects to Dovecot's auth socket and waits for its whole handshake (mechanisms, then `DONE`). */
+const authHandshake = (socketPath: string): Effect.Effect<string, Error> =>
+  Effect.async<string, Error>((resume) => {
+    const socket = net.connect(socketPath)
+    let buffer = ""
+    let done = false
+    const finish = (result: Effect.Effect<string, Error>) => {
+      if (done) return
+      done = true
+      socket.destroy()
+      resume(result)
+    }
+    socket.setTimeout(2_000, () => finish(Effect.fail(new Error(`${socketPath}: no handshake within 2 s`))))
+    socket.on("error", (error) => finish(Effect.fail(error)))
+    socket.on("close", () => finish(Effect.fail(new Error(`${socketPath}: closed during the handshake: ${buffer}`))))
+    socket.on("connect", () => socket.write(`VERSION\t1\t2\nCPID\t${process.pid}\n`))
+    socket.on("data", (chunk: Buffer) => {
+      buffer += chunk.toString("utf8")
+      if (/(?:^|\n)DONE\n/.test(buffer)) finish(Effect.succeed(buffer))
+    })
+    return Effect.sync(() => socket.destroy())
+  })
+
+/**
+ * Stops Dovecot: SIGTERM to its whole process group (to the master alone, it stops its services at once but keeps its
+ * log process for another second), SIGKILL if anything is left after 250 ms. Postfix is stopped already.
+ */
+const stopDovecot = (child: ChildProcess): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    const pgid = child.pid
+    if (pgid === undefined) return
+    if (isRunning(child)) killGroup(pgid, "SIGTERM")
+    const gone = Effect.suspend(() => isRunning(child) || groupAlive(pgid) ? Effect.fail("alive") : Effect.void)
+    yield* gone.pipe(
+      Effect.retry(Schedule.spaced("20 millis")),
+      Effect.timeout("250 millis"),
+      Effect.catchAll(() =>
+        Effect.sync(() => killGroup(pgid, "SIGKILL")).pipe(
+          Effect.zipRight(gone.pipe(Effect.retry(Schedule.spaced("20 millis")), Effect.timeout("2 seconds"))),
+          Effect.ignore
+        )
+      )
+    )
+  }).pipe(Effect.withClock(Clock.make()))
+
+/**
+ * Starts Dovecot's auth service in `dir/dovecot` (in the foreground, its own process group) and waits until its auth
+ * socket answers; stops it when the scope closes.
+ */
+const startDovecot = (
+  dir: string,
+  users: ReadonlyArray<PostfixSaslUser>,
+  timeout: Duration.DurationInput
+): Effect.Effect<Dovecot, Error, Scope.Scope> =>
+  Effect.gen(function*() {
+    const unsafe = users.find(({ user }) => user === "" || /[:\t\r\n\0]/.test(user))
+    if (unsafe !== undefined) {
+      return yield* Effect.fail(
+        new Error(`the Dovecot test server cannot take the user name ${JSON.stringify(unsafe.user)}`)
+      )
+    }
+    const root = `${dir}/dovecot`
+    for (const sub of ["", "/etc", "/log", "/state"]) fs.mkdirSync(`${root}${sub}`, { mode: 0o755 })
+    const usersFile = `${root}/etc/users`
+    const conf = `${root}/etc/dovecot.conf`
+    const logFile = `${root}/log/dovecot.log`
+    const outFile = `${root}/log/dovecot.out`
+    const socketPath = `${root}/run/auth-postfix`
+    // The auth process runs as the dovecot user and reads the file itself.
+    const dovecotGid = yield* run("id", ["-g", "dovecot"])
+    fs.writeFileSync(
+      usersFile,
+      // `nodelay` for the failures the mechanism finds (CRAM-MD5, SCRAM) after looking the user up.
+      users.map(({ password, user }) =>
+        `${user}:{PLAIN.B64}${Buffer.from(password, "utf8").toString("base64")}::::::nodelay=yes\n`
+      ).join(""),
+      { mode: 0o640 }
+    )
+    fs.chownSync(usersFile, 0, Number(dovecotGid))
+    fs.writeFileSync(conf, dovecotConf(root, usersFile))
+    const log = () => {
+      const out = readText(outFile)
+      return readText(logFile) + (out === "" ? "" : `--- dovecot stdout/stderr ---\n${out}`)
+    }
+
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const out = fs.openSync(outFile, "a")
+        const child = spawn("/usr/sbin/dovecot", ["-c", conf, "-F"], {
+          cwd: root,
+          detached: true,
+          stdio: ["ignore", out, out]
+        })
+        fs.closeSync(out)
+        child.on("error", (error) => fs.appendFileSync(outFile, `spawn failed: ${error.message}\n`))
+        child.unref()
+        if (child.pid !== undefined) killOnExit(child.pid)
+        return child
+      }),
+      (child) =>
+        stopDovecot(child).pipe(
+          Effect.ensuring(Effect.sync(() => child.pid !== undefined && runningGroups.delete(child.pid)))
+        )
+    )
+    yield* authHandshake(socketPath).pipe(
+      Effect.retry({ schedule: Schedule.spaced("25 millis"), while: () => isRunning(child) }),
+      Effect.timeoutFail({ duration: timeout, onTimeout: () => new Error("timed out waiting for the auth socket") }),
+      Effect.catchAll((error) =>
+        Effect.fail(
+          new Error(
+            [
+              `Dovecot's auth service did not start (${socketPath})`,
+              isRunning(child) ? "" : `dovecot exited with ${child.exitCode ?? child.signalCode}`,
+              `last probe: ${error.message}`,
+              `--- dovecot log ---\n${log()}`
+            ].filter((line) => line !== "").join("\n")
+          )
+        )
+      )
+    )
+    return { socket: socketPath, log }
+  })
+
 /** Starts a private Postfix; stops it and removes its folder when the scope closes. */
 export const startPostfix = (options: PostfixOptions = {}): Effect.Effect<PostfixServer, Error, Scope.Scope> =>
   Effect.gen(function*() {
@@ -386,7 +597,11 @@ export const startPostfix = (options: PostfixOptions = {}): Effect.Effect<Postfi
     const outFile = `${dir}/log/master.out`
     for (const sub of ["etc", "log", "mail"]) fs.mkdirSync(`${dir}/${sub}`, { mode: 0o755 })
 
-    const [daemonDirectory, uid, gid, postdrop] = yield* Effect.all([
+    const startTimeout = options.startTimeout ?? "15 seconds"
+    const dovecotStart: Effect.Effect<Dovecot | undefined, Error, Scope.Scope> = options.sasl === undefined
+      ? Effect.succeed(undefined)
+      : startDovecot(dir, options.sasl.users, startTimeout)
+    const [daemonDirectory, uid, gid, postdrop, _certificate, dovecot] = yield* Effect.all([
       run("/usr/sbin/postconf", ["-dh", "daemon_directory"]),
       run("id", ["-u", "postfix"]),
       run("id", ["-g", "postfix"]),
@@ -398,22 +613,32 @@ export const startPostfix = (options: PostfixOptions = {}): Effect.Effect<Postfi
           ..."-keyout key.pem -out cert.pem -addext subjectAltName=DNS:localhost,IP:127.0.0.1".split(" ")
         ],
         etc
-      )
+      ),
+      dovecotStart
     ], { concurrency: "unbounded" })
     fs.chownSync(`${dir}/mail`, Number(uid), Number(gid))
     makeQueue(dir, Number(uid), Number(postdrop))
     const certificatePem = fs.readFileSync(`${etc}/cert.pem`, "utf8")
-    writeConfig(`${etc}/main.cf`, mainCf(dir, uid, gid, options.mainCf ?? {}))
+    const sasl: Record<string, string> = dovecot === undefined ? {} : {
+      smtpd_sasl_auth_enable: "yes",
+      smtpd_sasl_type: "dovecot",
+      // smtpd runs outside a chroot here, so an absolute path works.
+      smtpd_sasl_path: dovecot.socket,
+      // The STARTTLS port sets `yes` in master.cf.
+      smtpd_tls_auth_only: "no"
+    }
+    writeConfig(`${etc}/main.cf`, mainCf(dir, uid, gid, { ...sasl, ...options.mainCf }))
 
     const log = (): string => {
       const out = readText(outFile)
-      return readText(logFile) + (out === "" ? "" : `--- master stdout/stderr ---\n${out}`)
+      return readText(logFile) + (out === "" ? "" : `--- master stdout/stderr ---\n${out}`) +
+        (dovecot === undefined ? "" : `--- dovecot ---\n${dovecot.log()}`)
     }
 
     const attempt = Effect.gen(function*() {
       const [plain = 0, starttls = 0, smtps = 0] = yield* freePorts(3)
       const ports: PostfixPorts = { plain, starttls, smtps }
-      writeConfig(`${etc}/master.cf`, masterCf(ports))
+      writeConfig(`${etc}/master.cf`, masterCf(ports, dovecot !== undefined))
       const child = yield* Effect.acquireRelease(
         Effect.sync(() => {
           const out = fs.openSync(outFile, "a")
@@ -447,7 +672,7 @@ export const startPostfix = (options: PostfixOptions = {}): Effect.Effect<Postfi
         concurrency: "unbounded"
       }).pipe(
         Effect.timeoutFail({
-          duration: options.startTimeout ?? "15 seconds",
+          duration: startTimeout,
           onTimeout: () => new Error("timed out waiting for the 220 greetings")
         }),
         Effect.catchAll((error) =>
