@@ -5,11 +5,14 @@
  *
  * @since 0.1.0
  */
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import type * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Redacted from "effect/Redacted"
 import * as internal from "./internal/sasl.js"
+import type * as SmtpConfig from "./SmtpConfig.js"
 
 /**
  * A SASL mechanism: a sans-IO state machine over the 334 challenges.
@@ -197,3 +200,51 @@ export class SmtpAuth extends Context.Tag("effect-smtp/SmtpAuth")<SmtpAuth, Sett
  * @category layers
  */
 export const layer = (settings: Settings): Layer.Layer<SmtpAuth> => Layer.succeed(SmtpAuth, settings)
+
+/**
+ * The options of `Settings` besides who signs in.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Options = Omit<Settings, "username" | "password" | "token">
+
+/**
+ * Settings from the credentials of an SMTP URL (`SmtpConfig.fromUrl`).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromCredentials = (credentials: SmtpConfig.Credentials, options: Options = {}): Settings => ({
+  ...options,
+  username: credentials.user,
+  password: credentials.password
+})
+
+/**
+ * Settings from Effect `Config`: the user from `SMTP_USER` and the password, redacted, from `SMTP_PASSWORD` (or the
+ * names given).
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config = (
+  names: { readonly user?: string | undefined; readonly password?: string | undefined } = {},
+  options: Options = {}
+): Config.Config<Settings> =>
+  Config.map(
+    Config.all({
+      user: Config.string(names.user ?? "SMTP_USER"),
+      password: Config.redacted(names.password ?? "SMTP_PASSWORD")
+    }),
+    ({ password, user }) => ({ ...options, username: user, password })
+  )
+
+/**
+ * A layer with settings read from `Config`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (settings: Config.Config<Settings>): Layer.Layer<SmtpAuth, ConfigError.ConfigError> =>
+  Layer.effect(SmtpAuth, settings)

@@ -1,9 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Redacted from "effect/Redacted"
 import * as fc from "fast-check"
 import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerSession } from "smtp-server"
 import * as SmtpAuth from "../src/SmtpAuth.js"
+import * as SmtpConfig from "../src/SmtpConfig.js"
 import * as SmtpConnection from "../src/SmtpConnection.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
 import { answerEhlo, greet, scriptedServer, serveTransaction } from "./support/scriptedServer.js"
@@ -277,5 +280,24 @@ describe("SmtpConnection.authenticate against scripted servers", () => {
         ]
         for (const form of forms) expect(seen.includes(form), `${mechanism} leaked ${JSON.stringify(form)}`).toBe(false)
       }
+    }))
+})
+
+describe("SmtpAuth settings", () => {
+  it.effect("come from a URL's credentials or from Config, the password redacted", () =>
+    Effect.gen(function*() {
+      const url = Either.getOrThrow(SmtpConfig.fromUrl("smtps://al%40ice:p%40ss@mx.example.org"))
+      const fromUrl = SmtpAuth.fromCredentials(url.credentials!, { mechanism: "PLAIN" })
+      expect(fromUrl.username).toBe("al@ice")
+      expect("password" in fromUrl && Redacted.value(fromUrl.password)).toBe("p@ss")
+      expect(fromUrl.mechanism).toBe("PLAIN")
+      const provider = ConfigProvider.fromMap(new Map([["SMTP_USER", "alice"], ["SMTP_PASSWORD", "hunter2"]]))
+      const settings = yield* SmtpAuth.SmtpAuth.pipe(
+        Effect.provide(SmtpAuth.layerConfig(SmtpAuth.config())),
+        Effect.withConfigProvider(provider)
+      )
+      expect(settings.username).toBe("alice")
+      expect(String("password" in settings && settings.password)).not.toContain("hunter2")
+      expect("password" in settings && Redacted.value(settings.password)).toBe("hunter2")
     }))
 })
