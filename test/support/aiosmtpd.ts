@@ -15,10 +15,11 @@ import type { Duration, Scope } from "effect"
 import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
-import * as net from "node:net"
+import type * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
+import { greetingLine } from "./servers.js"
 import { selfSigned } from "./tls.js"
 
 /** What `requireServer` should find for these tests, and how to install it. */
@@ -128,30 +129,6 @@ const readMessages = (folder: string): ReadonlyArray<AiosmtpdMessage> =>
     }
   })
 
-/** Connects, reads the first reply line, says QUIT. */
-const firstLine = (port: number): Effect.Effect<string, Error> =>
-  Effect.async<string, Error>((resume) => {
-    const socket = net.connect({ host, port })
-    let buffer = ""
-    let done = false
-    const finish = (result: Effect.Effect<string, Error>) => {
-      if (done) return
-      done = true
-      socket.end("QUIT\r\n")
-      socket.destroySoon()
-      resume(result)
-    }
-    socket.setTimeout(2_000, () => finish(Effect.fail(new Error(`port ${port}: no greeting within 2 s`))))
-    socket.on("error", (error) => finish(Effect.fail(error)))
-    socket.on("close", () => finish(Effect.fail(new Error(`port ${port}: closed before greeting: ${buffer}`))))
-    socket.on("data", (chunk: Buffer) => {
-      buffer += chunk.toString("latin1")
-      const end = buffer.indexOf("\r\n")
-      if (end >= 0) finish(Effect.succeed(buffer.slice(0, end)))
-    })
-    return Effect.sync(() => socket.destroy())
-  })
-
 const isRunning = (child: ChildProcess): boolean => child.exitCode === null && child.signalCode === null
 
 const kill = (child: ChildProcess, signal: NodeJS.Signals): void => {
@@ -248,7 +225,7 @@ export const startAiosmtpd = (options: AiosmtpdOptions): Effect.Effect<AiosmtpdS
       const text = readText(portFile).trim()
       if (!/^\d+$/.test(text)) return yield* Effect.fail(new Error("no port yet"))
       const port = Number(text)
-      const line = yield* firstLine(port)
+      const line = yield* greetingLine(port)
       if (!line.startsWith("220")) return yield* Effect.fail(new Error(`port ${port} greeted with: ${line}`))
       return port
     }).pipe(

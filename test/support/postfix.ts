@@ -14,7 +14,7 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as tls from "node:tls"
+import { greetingLine } from "./servers.js"
 
 /** What `requireServer` should find for these tests, and how to install it. */
 export const postfixBinaries: ReadonlyArray<string> = ["/usr/sbin/postfix", "/usr/sbin/postconf", "/usr/bin/openssl"]
@@ -129,30 +129,6 @@ const freePorts = (count: number): Effect.Effect<Array<number>, Error> =>
       }
     },
     catch: (cause) => new Error(`cannot find free ports on ${host}: ${String(cause)}`)
-  })
-
-/** Connects, reads the first reply line, says QUIT. */
-const firstLine = (port: number, secure: boolean, ca: string): Effect.Effect<string, Error> =>
-  Effect.async<string, Error>((resume) => {
-    const socket = secure ? tls.connect({ host, port, ca, servername }) : net.connect({ host, port })
-    let buffer = ""
-    let done = false
-    const finish = (result: Effect.Effect<string, Error>) => {
-      if (done) return
-      done = true
-      socket.end("QUIT\r\n")
-      socket.destroySoon()
-      resume(result)
-    }
-    socket.setTimeout(2_000, () => finish(Effect.fail(new Error(`port ${port}: no greeting within 2 s`))))
-    socket.on("error", (error) => finish(Effect.fail(error)))
-    socket.on("close", () => finish(Effect.fail(new Error(`port ${port}: closed before greeting: ${buffer}`))))
-    socket.on("data", (chunk: Buffer) => {
-      buffer += chunk.toString("latin1")
-      const end = buffer.indexOf("\r\n")
-      if (end >= 0) finish(Effect.succeed(buffer.slice(0, end)))
-    })
-    return Effect.sync(() => socket.destroy())
   })
 
 const headerValue = (raw: string, name: string): string | undefined => {
@@ -324,6 +300,21 @@ const killGroup = (pgid: number, signal: NodeJS.Signals): void => {
   }
 }
 
+/** Waits until the child and its whole process group are gone; kills the group if it outlives `grace`. */
+const awaitGroupGone = (child: ChildProcess, pgid: number, grace: Duration.DurationInput): Effect.Effect<void> => {
+  const gone = Effect.suspend(() => isRunning(child) || groupAlive(pgid) ? Effect.fail("alive") : Effect.void)
+  return gone.pipe(
+    Effect.retry(Schedule.spaced("20 millis")),
+    Effect.timeout(grace),
+    Effect.catchAll(() =>
+      Effect.sync(() => killGroup(pgid, "SIGKILL")).pipe(
+        Effect.zipRight(gone.pipe(Effect.retry(Schedule.spaced("20 millis")), Effect.timeout("2 seconds"))),
+        Effect.ignore
+      )
+    )
+  )
+}
+
 /**
  * Stops the master by the PID in its pid file (it then stops its children), waits for the whole process group to be
  * gone, and kills what is left after 5 seconds.
@@ -340,17 +331,7 @@ const stopMaster = (child: ChildProcess, pidFile: string): Effect.Effect<void> =
         killGroup(pgid, "SIGTERM")
       }
     }
-    const gone = Effect.suspend(() => isRunning(child) || groupAlive(pgid) ? Effect.fail("alive") : Effect.void)
-    yield* gone.pipe(
-      Effect.retry(Schedule.spaced("20 millis")),
-      Effect.timeout("5 seconds"),
-      Effect.catchAll(() =>
-        Effect.sync(() => killGroup(pgid, "SIGKILL")).pipe(
-          Effect.zipRight(gone.pipe(Effect.retry(Schedule.spaced("20 millis")), Effect.timeout("2 seconds"))),
-          Effect.ignore
-        )
-      )
-    )
+    yield* awaitGroupGone(child, pgid, "5 seconds")
   }).pipe(Effect.withClock(Clock.make()))
 
 /**
@@ -488,17 +469,7 @@ const stopDovecot = (child: ChildProcess): Effect.Effect<void> =>
     const pgid = child.pid
     if (pgid === undefined) return
     if (isRunning(child)) killGroup(pgid, "SIGTERM")
-    const gone = Effect.suspend(() => isRunning(child) || groupAlive(pgid) ? Effect.fail("alive") : Effect.void)
-    yield* gone.pipe(
-      Effect.retry(Schedule.spaced("20 millis")),
-      Effect.timeout("250 millis"),
-      Effect.catchAll(() =>
-        Effect.sync(() => killGroup(pgid, "SIGKILL")).pipe(
-          Effect.zipRight(gone.pipe(Effect.retry(Schedule.spaced("20 millis")), Effect.timeout("2 seconds"))),
-          Effect.ignore
-        )
-      )
-    )
+    yield* awaitGroupGone(child, pgid, "250 millis")
   }).pipe(Effect.withClock(Clock.make()))
 
 /**
@@ -661,7 +632,7 @@ export const startPostfix = (options: PostfixOptions = {}): Effect.Effect<Postfi
       )
 
       const greeted = (port: number, secure: boolean) =>
-        firstLine(port, secure, certificatePem).pipe(
+        greetingLine(port, secure ? { ca: certificatePem, servername } : undefined).pipe(
           Effect.filterOrFail(
             (line) => line.startsWith("220"),
             (line) => new Error(`port ${port} greeted with: ${line}`)
