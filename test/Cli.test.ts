@@ -6,10 +6,17 @@ import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
+import type {
+  SMTPServerAuthentication,
+  SMTPServerAuthenticationResponse,
+  SMTPServerOptions,
+  SMTPServerSession
+} from "smtp-server"
 import { ExitCode, exitCodeOf, normalizeArgs } from "../src/internal/cli.js"
 import {
   InvalidInputError,
   NetworkError,
+  SmtpAuthError,
   SmtpPermanentError,
   SmtpProtocolError,
   SmtpTransientError,
@@ -29,12 +36,19 @@ interface Outcome {
   readonly stderr: string
 }
 
-/** Runs the CLI from source (as `node --import tsx`), feeding `input` (or nothing) to its standard input. */
-const cli = (args: ReadonlyArray<string>, input: string | Buffer = ""): Promise<Outcome> =>
+/**
+ * Runs the CLI from source (as `node --import tsx`), feeding `input` (or nothing) to its standard input, with `env`
+ * added to its environment.
+ */
+const cli = (
+  args: ReadonlyArray<string>,
+  input: string | Buffer = "",
+  env: Readonly<Record<string, string>> = {}
+): Promise<Outcome> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ["--import", "tsx", "src/bin/effect-smtp.ts", ...args], {
       cwd: root,
-      env: { ...process.env, NO_COLOR: "1" },
+      env: { ...process.env, NO_COLOR: "1", ...env },
       stdio: ["pipe", "pipe", "pipe"]
     })
     const stdout: Array<Buffer> = []
@@ -80,8 +94,13 @@ describe("exit codes", () => {
       exitCodeOf(new NetworkError({ operation: "connect", code: "ECONNREFUSED" })),
       exitCodeOf(new TimeoutError({ phase: "connect", timeoutMillis: 1, mayHaveBeenDelivered: false })),
       exitCodeOf(new SmtpProtocolError({ reason: "garbage" })),
+      exitCodeOf(new SmtpAuthError({ failure: "no-common-mechanism", detail: "" })),
+      exitCodeOf(new SmtpAuthError({ failure: "cleartext", detail: "" })),
+      exitCodeOf(new SmtpAuthError({ failure: "server-unverified", detail: "" })),
+      exitCodeOf(new SmtpPermanentError({ command: "AUTH", code: 535, enhancedCode: "5.7.8", lines: ["no"] })),
+      exitCodeOf(new SmtpTransientError({ command: "AUTH", code: 454, enhancedCode: "4.7.0", lines: ["later"] })),
       exitCodeOf(new Error("a bug"))
-    ]).toEqual([65, 69, 69, 75, 75, 75, 76, 70])
+    ]).toEqual([65, 69, 69, 75, 75, 75, 76, 69, 69, 69, 69, 75, 70])
     expect(ExitCode.usage).toBe(64)
   })
 
@@ -133,7 +152,8 @@ describe("effect-smtp against a plain smtp-server", () => {
       extended: true,
       tls: null,
       capabilitiesAfterStartTls: null,
-      authMechanisms: ["LOGIN", "PLAIN"]
+      authMechanisms: ["LOGIN", "PLAIN"],
+      authenticated: null
     })
     expect(report.capabilities).toContainEqual({ keyword: "PIPELINING", parameters: [] })
     expect(report.capabilities).toContainEqual({ keyword: "AUTH", parameters: ["LOGIN", "PLAIN"] })
@@ -186,7 +206,8 @@ describe("effect-smtp against a plain smtp-server", () => {
     expect(JSON.parse(stdout)).toEqual({
       accepted: ["stdin@example.org"],
       rejected: [{ recipient: "reject5-x@example.org", code: 550, enhancedCode: "5.1.1", message: "No such user" }],
-      response: { code: 250, enhancedCode: "2.0.0", text: "Ok: queued as TEST" }
+      response: { code: 250, enhancedCode: "2.0.0", text: "Ok: queued as TEST" },
+      authenticated: null
     })
     const got = receivedBy("stdin@example.org")
     expect(got?.to).toEqual(["stdin@example.org"])
@@ -252,18 +273,6 @@ describe("effect-smtp against a plain smtp-server", () => {
     expect(linesOf(stderr)).toHaveLength(1)
     expect(stderr).toMatch(/^effect-smtp: Invalid /)
     expect(receivedBy("long@example.org")).toBeUndefined()
-  }, TEST_TIMEOUT)
-
-  it("credentials in the URL get a note, are not used and are never shown", async () => {
-    const { code, stderr, stdout } = await cli([
-      "probe",
-      `smtp://user:hunter2@127.0.0.1:${server.port}`
-    ])
-    expect(code).toBe(0)
-    expect(linesOf(stderr)).toEqual([
-      "note: the URL holds credentials, but AUTH is not implemented yet; going on without it"
-    ])
-    expect(stdout + stderr).not.toContain("hunter2")
   }, TEST_TIMEOUT)
 
   it("an unreadable --file exits 66", async () => {
@@ -472,5 +481,365 @@ describe("effect-smtp against smtp-server with a self-signed certificate", () =>
     expect(stdout).toContain("1 of 1 recipient accepted")
     expect(starttls.received.find((m) => m.to.includes("tls@example.org"))?.data)
       .toBe("Subject: over TLS\r\n\r\nsecret\r\n")
+  }, TEST_TIMEOUT)
+})
+
+describe("effect-smtp signs in", () => {
+  /** The one password the server accepts (for "alice"); it must never appear in any output. */
+  const secret = "Hunter2-s3cret"
+  const base64 = (text: string) => Buffer.from(text, "utf8").toString("base64")
+  /** The password as it could leak: plain, percent-encoded, or in a PLAIN or LOGIN payload. */
+  const leaks = [secret, encodeURIComponent(secret), base64(secret), base64(`\0alice\0${secret}`)]
+  const message = "Subject: signed in\r\n\r\nhello\r\n"
+  const cleartextWarning =
+    "WARNING: --allow-cleartext-auth: signing in over a connection WITHOUT TLS; anyone on the path can read or " +
+    "replay the credentials"
+
+  interface Attempt {
+    readonly method: string
+    readonly username: string | undefined
+  }
+
+  /**
+   * smtp-server offering PLAIN, LOGIN and CRAM-MD5 that accepts "alice" with the secret, answers 454 to "busy" and
+   * 535 to everything else.
+   */
+  const startAuthServer = async (extra: Partial<SMTPServerOptions> = {}) => {
+    const attempts: Array<Attempt> = []
+    const server = await startServer({
+      authMethods: ["PLAIN", "LOGIN", "CRAM-MD5"],
+      onAuth(
+        auth: SMTPServerAuthentication,
+        _session: SMTPServerSession,
+        callback: (error: Error | null | undefined, response?: SMTPServerAuthenticationResponse) => void
+      ) {
+        attempts.push({ method: auth.method, username: auth.username })
+        const ok = auth.username === "alice" &&
+          (auth.method === "CRAM-MD5" ? auth.validatePassword(secret) : auth.password === secret)
+        if (ok) {
+          callback(null, { user: "alice" })
+        } else if (auth.username === "busy") {
+          callback(Object.assign(new Error("4.7.0 Temporary authentication failure"), { responseCode: 454 }))
+        } else {
+          callback(Object.assign(new Error("5.7.8 Authentication credentials invalid"), { responseCode: 535 }))
+        }
+      },
+      ...extra
+    })
+    return { ...server, attempts }
+  }
+
+  let server: Awaited<ReturnType<typeof startAuthServer>>
+  let tls: Awaited<ReturnType<typeof startAuthServer>>
+  let plain: string
+  let withCredentials: string
+
+  beforeAll(async () => {
+    const { cert, key } = selfSigned()
+    server = await startAuthServer()
+    tls = await startAuthServer({ key, cert, disabledCommands: [] })
+    plain = `smtp://127.0.0.1:${server.port}`
+    withCredentials = `smtp://alice:${encodeURIComponent(secret)}@127.0.0.1:${server.port}`
+  }, TEST_TIMEOUT)
+
+  afterAll(async () => {
+    await server?.close()
+    await tls?.close()
+  })
+
+  /** The attempts the server saw during `run`. */
+  const attemptsDuring = async <A>(run: () => Promise<A>): Promise<[A, Array<Attempt>]> => {
+    const before = server.attempts.length
+    const result = await run()
+    return [result, server.attempts.slice(before)]
+  }
+
+  const expectNoLeak = (outcome: Outcome) => {
+    for (const leak of leaks) {
+      expect(outcome.stdout).not.toContain(leak)
+      expect(outcome.stderr).not.toContain(leak)
+    }
+  }
+
+  it("URL credentials with --allow-cleartext-auth: the strongest common mechanism signs in, said loudly", async () => {
+    const [outcome, attempts] = await attemptsDuring(() =>
+      cli(
+        ["send", withCredentials, "--allow-cleartext-auth", "--from", "a@example.org", "--to", "url@example.org"],
+        message
+      )
+    )
+    expect(outcome.code).toBe(0)
+    expect(linesOf(outcome.stderr)).toEqual([cleartextWarning])
+    expect(linesOf(outcome.stdout)).toEqual([
+      `Sent to 127.0.0.1:${server.port}: 1 of 1 recipient accepted`,
+      "  Server: 250 2.0.0 Ok: queued as TEST",
+      "  Signed in: as alice with CRAM-MD5",
+      "  Accepted: url@example.org"
+    ])
+    expect(attempts).toEqual([{ method: "CRAM-MD5", username: "alice" }])
+    expect(server.received.find((m) => m.to.includes("url@example.org"))?.data).toBe(message)
+    expectNoLeak(outcome)
+  }, TEST_TIMEOUT)
+
+  it("--user with --password-env reads the password from the environment", async () => {
+    const [outcome, attempts] = await attemptsDuring(() =>
+      cli(
+        [
+          "send",
+          plain,
+          "--user",
+          "alice",
+          "--password-env",
+          "SMTP_TEST_PASSWORD",
+          "--allow-cleartext-auth",
+          "--from",
+          "a@example.org",
+          "--to",
+          "env@example.org",
+          "--json"
+        ],
+        message,
+        { SMTP_TEST_PASSWORD: secret }
+      )
+    )
+    expect(outcome.code).toBe(0)
+    expect(JSON.parse(outcome.stdout)).toMatchObject({ accepted: ["env@example.org"], authenticated: "CRAM-MD5" })
+    expect(attempts).toEqual([{ method: "CRAM-MD5", username: "alice" }])
+    expectNoLeak(outcome)
+  }, TEST_TIMEOUT)
+
+  it("--auth pins the mechanism (in any case)", async () => {
+    for (const [pinned, expected] of [["login", "LOGIN"], ["PLAIN", "PLAIN"]] as const) {
+      const [outcome, attempts] = await attemptsDuring(() =>
+        cli(
+          [
+            "send",
+            withCredentials,
+            "--auth",
+            pinned,
+            "--allow-cleartext-auth",
+            "--from",
+            "a@example.org",
+            "--to",
+            "pinned@example.org",
+            "--json"
+          ],
+          message
+        )
+      )
+      expect(outcome.code).toBe(0)
+      expect(JSON.parse(outcome.stdout).authenticated).toBe(expected)
+      expect(attempts).toEqual([{ method: expected, username: "alice" }])
+      expectNoLeak(outcome)
+    }
+  }, TEST_TIMEOUT)
+
+  it(
+    "--auth with a mechanism the server does not offer exits 69 without trying (and without the warning)",
+    async () => {
+      const [outcome, attempts] = await attemptsDuring(() =>
+        cli(["probe", withCredentials, "--auth", "SCRAM-SHA-256", "--allow-cleartext-auth"])
+      )
+      expect(outcome.code).toBe(69)
+      expect(outcome.stdout).toBe("")
+      expect(linesOf(outcome.stderr)).toEqual([
+        "effect-smtp: Authentication: no SASL mechanism is supported by both sides (the server does not offer AUTH " +
+        "SCRAM-SHA-256; it offers PLAIN LOGIN CRAM-MD5)"
+      ])
+      expect(attempts).toEqual([])
+    },
+    TEST_TIMEOUT
+  )
+
+  it("a wrong password exits 69, a 454 exits 75, and nothing is sent", async () => {
+    const before = server.received.length
+    const [[wrong, busy], attempts] = await attemptsDuring(() =>
+      Promise.all([
+        cli(
+          [
+            "send",
+            `smtp://alice:wrong-${encodeURIComponent(secret)}@127.0.0.1:${server.port}`,
+            "--allow-cleartext-auth",
+            "--from",
+            "a@example.org",
+            "--to",
+            "wrong@example.org"
+          ],
+          message
+        ),
+        cli(
+          [
+            "send",
+            plain,
+            "--user",
+            "busy",
+            "--password-env",
+            "SMTP_TEST_PASSWORD",
+            "--allow-cleartext-auth",
+            "--from",
+            "a@example.org",
+            "--to",
+            "busy@example.org"
+          ],
+          message,
+          { SMTP_TEST_PASSWORD: secret }
+        )
+      ])
+    )
+    expect(wrong.code).toBe(69)
+    expect(wrong.stdout).toBe("")
+    expect(linesOf(wrong.stderr)).toEqual([
+      cleartextWarning,
+      "effect-smtp: Permanent failure to AUTH: 535 5.7.8 Authentication credentials invalid"
+    ])
+    expect(busy.code).toBe(75)
+    expect(busy.stdout).toBe("")
+    expect(linesOf(busy.stderr)).toEqual([
+      cleartextWarning,
+      "effect-smtp: Transient failure to AUTH: 454 4.7.0 Temporary authentication failure"
+    ])
+    expect(attempts.map((a) => a.username).sort()).toEqual(["alice", "busy"])
+    expect(server.received.length).toBe(before)
+    expectNoLeak(wrong)
+    expectNoLeak(busy)
+  }, TEST_TIMEOUT)
+
+  it("without --allow-cleartext-auth, signing in over a plain connection exits 69 and sends nothing", async () => {
+    const [outcomes, attempts] = await attemptsDuring(() =>
+      Promise.all([
+        cli(["send", withCredentials, "--from", "a@example.org", "--to", "clear@example.org"], message),
+        cli(["probe", withCredentials, "--json"])
+      ])
+    )
+    for (const outcome of outcomes) {
+      expect(outcome.code).toBe(69)
+      expect(outcome.stdout).toBe("")
+      expect(linesOf(outcome.stderr)).toEqual([
+        "effect-smtp: Authentication: the connection is not encrypted, and authenticating in cleartext was not " +
+        "allowed (give --allow-cleartext-auth to sign in anyway, e.g. to a test server on loopback)"
+      ])
+      expectNoLeak(outcome)
+    }
+    expect(attempts).toEqual([])
+    expect(server.received.find((m) => m.to.includes("clear@example.org"))).toBeUndefined()
+  }, TEST_TIMEOUT)
+
+  it("probe signs in and says with what", async () => {
+    const [[text, json], attempts] = await attemptsDuring(() =>
+      Promise.all([
+        cli(["probe", withCredentials, "--allow-cleartext-auth"]),
+        cli(["probe", withCredentials, "--allow-cleartext-auth", "--json", "--auth", "LOGIN"])
+      ])
+    )
+    expect(text.code).toBe(0)
+    expect(linesOf(text.stderr)).toEqual([cleartextWarning])
+    expect(text.stdout).toMatch(/^AUTH: +PLAIN LOGIN CRAM-MD5\nSigned in: +as alice with CRAM-MD5$/m)
+    expect(json.code).toBe(0)
+    expect(JSON.parse(json.stdout)).toMatchObject({
+      authMechanisms: ["PLAIN", "LOGIN", "CRAM-MD5"],
+      authenticated: "LOGIN"
+    })
+    expect(attempts).toHaveLength(2)
+    expectNoLeak(text)
+    expectNoLeak(json)
+  }, TEST_TIMEOUT)
+
+  it("over STARTTLS no cleartext permission is needed and nothing is said about it", async () => {
+    const url = `smtp://alice:${encodeURIComponent(secret)}@127.0.0.1:${tls.port}`
+    const outcomes = await Promise.all([
+      cli(["probe", url, "--insecure", "--json"]),
+      cli(
+        ["send", url, "--insecure", "--allow-cleartext-auth", "--from", "a@example.org", "--to", "tls@example.org"],
+        message
+      )
+    ])
+    for (const outcome of outcomes) {
+      expect(outcome.code).toBe(0)
+      expect(linesOf(outcome.stderr)).toEqual([
+        "WARNING: --insecure: TLS certificates are NOT verified; the server may not be who it claims to be"
+      ])
+      expectNoLeak(outcome)
+    }
+    expect(JSON.parse(outcomes[0]!.stdout)).toMatchObject({ tls: { via: "starttls" }, authenticated: "CRAM-MD5" })
+    expect(outcomes[1]!.stdout).toContain("  Signed in: as alice with CRAM-MD5")
+    expect(tls.attempts).toEqual([
+      { method: "CRAM-MD5", username: "alice" },
+      { method: "CRAM-MD5", username: "alice" }
+    ])
+  }, TEST_TIMEOUT)
+
+  it("the password appears nowhere in --trace or --json output, only <redacted>", async () => {
+    for (const mechanism of ["PLAIN", "LOGIN", "CRAM-MD5"]) {
+      for (const args of [[withCredentials], [plain, "--user", "alice", "--password-env", "SMTP_TEST_PASSWORD"]]) {
+        const outcome = await cli(
+          [
+            "send",
+            ...args,
+            "--auth",
+            mechanism,
+            "--allow-cleartext-auth",
+            "--trace",
+            "--json",
+            "--from",
+            "a@example.org",
+            "--to",
+            "traced@example.org"
+          ],
+          message,
+          { SMTP_TEST_PASSWORD: secret }
+        )
+        expect(outcome.code).toBe(0)
+        expect(JSON.parse(outcome.stdout).authenticated).toBe(mechanism)
+        const lines = linesOf(outcome.stderr)
+        expect(lines).toContain(cleartextWarning)
+        expect(lines).toContain(mechanism === "PLAIN" ? "C: AUTH PLAIN <redacted>" : `C: AUTH ${mechanism}`)
+        if (mechanism !== "PLAIN") expect(lines).toContain("C: <redacted>")
+        expect(lines).toContainEqual(expect.stringMatching(/^S: 235 /))
+        expectNoLeak(outcome)
+      }
+    }
+  }, TEST_TIMEOUT * 2)
+
+  it("credential mistakes exit 64 with one line that never shows the password", async () => {
+    const send = ["--from", "a@example.org", "--to", "b@example.org"]
+    const cases: ReadonlyArray<[ReadonlyArray<string>, Record<string, string>, string]> = [
+      [["send", plain, "--user", "alice", ...send], {}, "--user needs --password-env VAR"],
+      [["probe", plain, "--password-env", "SMTP_TEST_PASSWORD"], {}, "--password-env needs --user NAME"],
+      [
+        ["send", withCredentials, "--user", "alice", "--password-env", "SMTP_TEST_PASSWORD", ...send],
+        { SMTP_TEST_PASSWORD: secret },
+        "either in the URL or with --user and --password-env, not both"
+      ],
+      [
+        ["probe", withCredentials, "--password-env", "SMTP_TEST_PASSWORD"],
+        { SMTP_TEST_PASSWORD: secret },
+        "either in the URL or with --user and --password-env, not both"
+      ],
+      [
+        ["probe", plain, "--user", "alice", "--password-env", "SMTP_TEST_UNSET_VARIABLE"],
+        {},
+        "the environment variable SMTP_TEST_UNSET_VARIABLE is not set"
+      ],
+      [
+        ["send", plain, "--user", "alice", "--password-env", "SMTP_TEST_PASSWORD", ...send],
+        { SMTP_TEST_PASSWORD: "" },
+        "the environment variable SMTP_TEST_PASSWORD is empty"
+      ],
+      [["probe", withCredentials, "--auth", "DIGEST-MD5"], {}, "--auth: unknown mechanism \"DIGEST-MD5\"; use one of"],
+      [["probe", withCredentials, "--auth", "xoauth2"], {}, "--auth XOAUTH2 signs in with an OAuth access token"],
+      [["probe", plain, "--auth", "PLAIN"], {}, "--auth needs credentials"]
+    ]
+    const [outcomes, attempts] = await attemptsDuring(() =>
+      Promise.all(cases.map(([args, env]) => cli(args, message, env)))
+    )
+    outcomes.forEach((outcome, i) => {
+      expect(outcome.code).toBe(64)
+      expect(outcome.stdout).toBe("")
+      expect(linesOf(outcome.stderr)).toHaveLength(1)
+      expect(outcome.stderr).toMatch(/^effect-smtp: /)
+      expect(outcome.stderr).toContain(cases[i]![2])
+      expectNoLeak(outcome)
+    })
+    expect(attempts).toEqual([])
   }, TEST_TIMEOUT)
 })

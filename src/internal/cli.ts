@@ -20,14 +20,16 @@ import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
 import * as Stream from "effect/Stream"
 import { createRequire } from "node:module"
 import * as Capabilities from "../Capabilities.js"
 import * as DataEncoder from "../DataEncoder.js"
+import * as SmtpAuth from "../SmtpAuth.js"
 import * as SmtpCommand from "../SmtpCommand.js"
 import * as SmtpConfig from "../SmtpConfig.js"
 import * as SmtpConnection from "../SmtpConnection.js"
-import { isSmtpError, TlsError } from "../SmtpError.js"
+import { isSmtpError, SmtpAuthError, TlsError } from "../SmtpError.js"
 import type { SmtpReply } from "../SmtpReply.js"
 import type { SmtpTransport, TlsDetails, TlsOptions } from "../SmtpTransport.js"
 
@@ -45,7 +47,10 @@ export const ExitCode = {
   dataError: 65,
   /** EX_NOINPUT: the message file (or standard input) could not be read. */
   noInput: 66,
-  /** EX_UNAVAILABLE: the server refused for good (5xx), or TLS failed. */
+  /**
+   * EX_UNAVAILABLE: the server refused for good (5xx, a refused login), TLS failed, or authentication could not
+   * happen (no AUTH, no common mechanism, cleartext not allowed, an unverified server).
+   */
   unavailable: 69,
   /** EX_SOFTWARE: a bug in effect-smtp. */
   software: 70,
@@ -87,6 +92,7 @@ export const exitCodeOf = (error: unknown): number => {
         return ExitCode.dataError
       case "SmtpPermanentError":
       case "TlsError":
+      case "SmtpAuthError":
         return ExitCode.unavailable
       case "SmtpTransientError":
       case "NetworkError":
@@ -169,16 +175,179 @@ const settingsOf = (text: string): Effect.Effect<SmtpConfig.UrlSettings, UsageEr
   })
 
 /** The warnings that go with the options, on standard error, before anything is sent. */
-const warnings = (common: Common, settings: SmtpConfig.UrlSettings): Effect.Effect<void> =>
+const warnings = (common: Common): Effect.Effect<void> =>
   Effect.gen(function*() {
     if (common.insecure) {
       yield* Console.error(
         "WARNING: --insecure: TLS certificates are NOT verified; the server may not be who it claims to be"
       )
     }
-    if (settings.credentials !== undefined) {
-      yield* Console.error("note: the URL holds credentials, but AUTH is not implemented yet; going on without it")
+  })
+
+// -----------------------------------------------------------------------------
+// Authentication
+// -----------------------------------------------------------------------------
+
+const user = Options.text("user").pipe(
+  Options.withPseudoName("NAME"),
+  Options.withDescription(
+    "Sign in (AUTH) as this user, with the password from --password-env; or put user:password in the URL"
+  ),
+  Options.optional
+)
+
+const passwordEnv = Options.text("password-env").pipe(
+  Options.withPseudoName("VAR"),
+  Options.withDescription(
+    "The environment variable that holds the password of --user (a password is never taken as an argument: other " +
+      "users of the machine can see those)"
+  ),
+  Options.optional
+)
+
+const authMechanism = Options.text("auth").pipe(
+  Options.withPseudoName("MECHANISM"),
+  Options.withDescription(
+    "Sign in with this SASL mechanism or fail, e.g. PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256 (default: the strongest " +
+      "one both sides support)"
+  ),
+  Options.optional
+)
+
+const allowCleartextAuth = Options.boolean("allow-cleartext-auth").pipe(
+  Options.withDescription(
+    "Sign in even over a connection without TLS, e.g. to a test server on loopback (dangerous: anyone on the path " +
+      "can read or replay the credentials; said loudly)"
+  )
+)
+
+interface AuthArgs {
+  readonly user: Option.Option<string>
+  readonly passwordEnv: Option.Option<string>
+  readonly auth: Option.Option<string>
+  readonly allowCleartextAuth: boolean
+}
+
+/** The mechanisms the command line can use: those that sign in with a password. */
+const passwordMechanisms = SmtpAuth.all.filter((mechanism) => mechanism.credential === "password")
+
+/** The pinned mechanism, upper case, when this client has it and it takes a password. */
+const pinnedOf = (name: string): Effect.Effect<string, UsageError> => {
+  const upper = name.toUpperCase()
+  const mechanism = SmtpAuth.all.find((m) => m.name === upper)
+  if (mechanism === undefined) {
+    return new UsageError({
+      reason: `--auth: unknown mechanism "${oneLine(name)}"; use one of ${
+        passwordMechanisms.map((m) => m.name).join(", ")
+      }`
+    })
+  }
+  if (mechanism.credential !== "password") {
+    return new UsageError({
+      reason: `--auth ${upper} signs in with an OAuth access token; the command line signs in with a password`
+    })
+  }
+  return Effect.succeed(upper)
+}
+
+/** The password in the environment variable; never shown, not even in an error. */
+const passwordFromEnv = (variable: string): Effect.Effect<Redacted.Redacted<string>, UsageError> =>
+  Effect.suspend(() => {
+    if (variable === "" || variable.includes("=")) {
+      return new UsageError({ reason: `--password-env: "${oneLine(variable)}" is not an environment variable name` })
     }
+    const value = process.env[variable]
+    if (value === undefined) {
+      return new UsageError({ reason: `--password-env: the environment variable ${variable} is not set` })
+    }
+    if (value === "") {
+      return new UsageError({ reason: `--password-env: the environment variable ${variable} is empty` })
+    }
+    return Effect.succeed(Redacted.make(value))
+  })
+
+/**
+ * The authentication settings, from the URL's credentials or from --user and --password-env (one or the other), or
+ * undefined when there are none. Every mistake is a usage error that never shows the password.
+ */
+const authSettingsOf = (
+  args: AuthArgs,
+  settings: SmtpConfig.UrlSettings
+): Effect.Effect<SmtpAuth.Settings | undefined, UsageError> =>
+  Effect.gen(function*() {
+    const fromUrl = settings.credentials
+    const userName = Option.getOrUndefined(args.user)
+    const variable = Option.getOrUndefined(args.passwordEnv)
+    if (fromUrl !== undefined && (userName !== undefined || variable !== undefined)) {
+      return yield* new UsageError({
+        reason: "Give the credentials either in the URL or with --user and --password-env, not both"
+      })
+    }
+    if (userName !== undefined && variable === undefined) {
+      return yield* new UsageError({
+        reason: "--user needs --password-env VAR: the password is read from an environment variable, never from " +
+          "the command line"
+      })
+    }
+    if (userName === undefined && variable !== undefined) {
+      return yield* new UsageError({ reason: "--password-env needs --user NAME" })
+    }
+    if (userName === "") return yield* new UsageError({ reason: "--user must not be empty" })
+    const pinned = Option.isSome(args.auth) ? yield* pinnedOf(args.auth.value) : undefined
+    const credentials: SmtpConfig.Credentials | undefined = fromUrl ??
+      (userName !== undefined && variable !== undefined
+        ? { user: userName, password: yield* passwordFromEnv(variable) }
+        : undefined)
+    if (credentials === undefined) {
+      if (pinned !== undefined) {
+        return yield* new UsageError({
+          reason: "--auth needs credentials: user:password in the URL, or --user with --password-env"
+        })
+      }
+      return undefined
+    }
+    return {
+      username: credentials.user,
+      password: credentials.password,
+      mechanism: pinned,
+      allowCleartext: args.allowCleartextAuth
+    }
+  })
+
+/**
+ * Signs in on an open connection (after STARTTLS) when there are credentials, and returns the mechanism that did.
+ * When the connection is in cleartext and --allow-cleartext-auth allows signing in anyway, says so loudly first.
+ */
+const signIn = (
+  connection: SmtpConnection.SmtpConnection,
+  auth: SmtpAuth.Settings | undefined
+): Effect.Effect<string | undefined, SmtpConnection.ConnectError> =>
+  auth === undefined ? Effect.succeed(undefined) : Effect.gen(function*() {
+    const state = yield* connection.state
+    // Only when a mechanism will really be tried (authenticate fails before sending anything otherwise).
+    const willTry = Capabilities.has(state.capabilities, "AUTH") &&
+      Either.isRight(
+        SmtpAuth.choose(Capabilities.authMechanisms(state.capabilities), {
+          pinned: auth.mechanism,
+          credential: "password"
+        })
+      )
+    if (!state.secure && auth.allowCleartext === true && willTry) {
+      yield* Console.error(
+        "WARNING: --allow-cleartext-auth: signing in over a connection WITHOUT TLS; anyone on the path can read or " +
+          "replay the credentials"
+      )
+    }
+    return yield* connection.authenticate(auth).pipe(
+      Effect.catchIf(
+        (error) => error._tag === "SmtpAuthError" && error.failure === "cleartext",
+        () =>
+          new SmtpAuthError({
+            failure: "cleartext",
+            detail: "give --allow-cleartext-auth to sign in anyway, e.g. to a test server on loopback"
+          })
+      )
+    )
   })
 
 const connectionOptions = (common: Common, settings: SmtpConfig.UrlSettings): SmtpConnection.Options => {
@@ -232,53 +401,53 @@ export interface ProbeReport {
   readonly capabilities: Capabilities.Capabilities
   readonly tls: { readonly via: "implicit" | "starttls"; readonly details: TlsDetails } | undefined
   readonly capabilitiesAfterStartTls: Capabilities.Capabilities | undefined
+  /** The user and the mechanism that signed in, when the command line had credentials. */
+  readonly authenticated: { readonly user: string; readonly mechanism: string } | undefined
 }
 
 /**
- * Connects as the URL says and reads what the server offers. For the STARTTLS schemes the connection is opened
- * without TLS, so that the capabilities before STARTTLS can be read, then upgraded here.
+ * Connects as the URL says and reads what the server offers, then signs in when there are credentials. For the
+ * STARTTLS schemes the connection is opened without TLS, so that the capabilities before STARTTLS can be read, then
+ * upgraded here.
  */
 export const probeServer = (
-  common: Common
+  args: Common & AuthArgs
 ): Effect.Effect<ProbeReport, SmtpConnection.ConnectError | UsageError, SmtpTransport> =>
   Effect.gen(function*() {
-    const settings = yield* settingsOf(common.url)
-    yield* warnings(common, settings)
-    const options = connectionOptions(common, settings)
+    const settings = yield* settingsOf(args.url)
+    const auth = yield* authSettingsOf(args, settings)
+    yield* warnings(args)
+    const options = connectionOptions(args, settings)
     const implicit = settings.tls === "implicit"
     return yield* Effect.scoped(Effect.gen(function*() {
       const connection = yield* SmtpConnection.make({ ...options, tls: implicit ? "implicit" : "none" })
       const before = yield* connection.state
-      if (implicit || settings.tls === "none") {
-        return {
-          settings,
-          greeting: before.greeting,
-          extended: before.extended,
-          capabilities: before.capabilities,
-          tls: before.tls === undefined ? undefined : { via: "implicit" as const, details: before.tls },
-          capabilitiesAfterStartTls: undefined
-        }
-      }
-      if (!Capabilities.startTls(before.capabilities)) {
-        if (settings.tls === "starttls") return yield* new TlsError({ failure: "not-offered", host: settings.host })
-        return {
-          settings,
-          greeting: before.greeting,
-          extended: before.extended,
-          capabilities: before.capabilities,
-          tls: undefined,
-          capabilitiesAfterStartTls: undefined
-        }
-      }
-      const details = yield* connection.startTls()
-      const after = yield* connection.state
-      return {
+      const report = {
         settings,
         greeting: before.greeting,
         extended: before.extended,
-        capabilities: before.capabilities,
-        tls: { via: "starttls" as const, details },
-        capabilitiesAfterStartTls: after.capabilities
+        capabilities: before.capabilities
+      }
+      let tls: ProbeReport["tls"] = undefined
+      let capabilitiesAfterStartTls: Capabilities.Capabilities | undefined = undefined
+      if (implicit) {
+        tls = before.tls === undefined ? undefined : { via: "implicit", details: before.tls }
+      } else if (settings.tls !== "none") {
+        if (Capabilities.startTls(before.capabilities)) {
+          tls = { via: "starttls", details: yield* connection.startTls() }
+          capabilitiesAfterStartTls = (yield* connection.state).capabilities
+        } else if (settings.tls === "starttls") {
+          return yield* new TlsError({ failure: "not-offered", host: settings.host })
+        }
+      }
+      const mechanism = yield* signIn(connection, auth)
+      return {
+        ...report,
+        tls,
+        capabilitiesAfterStartTls,
+        authenticated: auth === undefined || mechanism === undefined
+          ? undefined
+          : { user: auth.username, mechanism }
       }
     }))
   })
@@ -299,7 +468,8 @@ export const probeJson = (report: ProbeReport) => ({
   capabilitiesAfterStartTls: report.capabilitiesAfterStartTls === undefined
     ? null
     : capabilityJson(report.capabilitiesAfterStartTls),
-  authMechanisms: authMechanismsOf(report)
+  authMechanisms: authMechanismsOf(report),
+  authenticated: report.authenticated?.mechanism ?? null
 })
 
 const capabilityLines = (capabilities: Capabilities.Capabilities): Array<string> =>
@@ -342,12 +512,15 @@ export const probeText = (report: ProbeReport): string => {
   }
   const mechanisms = authMechanismsOf(report)
   lines.push(`AUTH:          ${mechanisms.length === 0 ? "none offered" : mechanisms.join(" ")}`)
+  if (report.authenticated !== undefined) {
+    lines.push(`Signed in:     as ${report.authenticated.user} with ${report.authenticated.mechanism}`)
+  }
   return lines.join("\n")
 }
 
 const probe = Command.make(
   "probe",
-  { url, json, insecure, timeout, helo, trace },
+  { url, json, insecure, timeout, helo, trace, user, passwordEnv, auth: authMechanism, allowCleartextAuth },
   (args) =>
     Effect.flatMap(
       probeServer(args),
@@ -356,7 +529,8 @@ const probe = Command.make(
 ).pipe(
   Command.withDescription(
     "Connect, read the greeting and the capabilities, STARTTLS when the URL asks or the server offers it, and show " +
-      "the TLS details, the capabilities after STARTTLS and the AUTH mechanisms"
+      "the TLS details, the capabilities after STARTTLS and the AUTH mechanisms; with credentials, sign in and show " +
+      "which mechanism did"
   )
 )
 
@@ -417,8 +591,8 @@ const readMessage = (path: Option.Option<string>): Effect.Effect<Uint8Array, Inp
       })
   })
 
-/** What the server said about one transaction. */
-export const sendJson = (result: SmtpConnection.SendResult) => ({
+/** What the server said about one transaction, and the mechanism that signed in (null when none did). */
+export const sendJson = (result: SmtpConnection.SendResult, authenticated: string | undefined) => ({
   accepted: result.accepted.map((entry) => entry.recipient),
   rejected: result.rejected.map((entry) => ({
     recipient: entry.recipient,
@@ -426,19 +600,27 @@ export const sendJson = (result: SmtpConnection.SendResult) => ({
     enhancedCode: entry.error.enhancedCode ?? null,
     message: entry.error.lines.join("\n")
   })),
-  response: replyJson(result.response)
+  response: replyJson(result.response),
+  authenticated: authenticated ?? null
 })
 
 const replyLine = (code: number, enhancedCode: string | undefined, lines: ReadonlyArray<string>): string =>
   [String(code), enhancedCode, lines.join(" ").trim()].filter((part) => part !== undefined && part !== "").join(" ")
 
 /** The outcome for people. */
-export const sendText = (settings: SmtpConfig.UrlSettings, result: SmtpConnection.SendResult): string => {
+export const sendText = (
+  settings: SmtpConfig.UrlSettings,
+  result: SmtpConnection.SendResult,
+  authenticated?: { readonly user: string; readonly mechanism: string }
+): string => {
   const total = result.accepted.length + result.rejected.length
   const lines = [
     `Sent to ${where(settings)}: ${result.accepted.length} of ${total} recipient${total === 1 ? "" : "s"} accepted`,
     `  Server: ${replyLine(result.response.code, result.response.enhancedCode, result.response.lines)}`
   ]
+  if (authenticated !== undefined) {
+    lines.push(`  Signed in: as ${authenticated.user} with ${authenticated.mechanism}`)
+  }
   for (const entry of result.accepted) lines.push(`  Accepted: ${entry.recipient}`)
   for (const entry of result.rejected) {
     lines.push(
@@ -450,27 +632,50 @@ export const sendText = (settings: SmtpConfig.UrlSettings, result: SmtpConnectio
 
 const send = Command.make(
   "send",
-  { url, from, to, file, json, trace, insecure, timeout, helo },
+  {
+    url,
+    from,
+    to,
+    file,
+    json,
+    trace,
+    insecure,
+    timeout,
+    helo,
+    user,
+    passwordEnv,
+    auth: authMechanism,
+    allowCleartextAuth
+  },
   (args) =>
     Effect.gen(function*() {
       const settings = yield* settingsOf(args.url)
+      const auth = yield* authSettingsOf(args, settings)
       // The addresses are checked before the message is read or anything is sent.
       yield* SmtpCommand.encodeGroup([SmtpCommand.mail(args.from), ...args.to.map((r) => SmtpCommand.rcpt(r))])
-      yield* warnings(args, settings)
+      yield* warnings(args)
       const message = yield* readMessage(args.file)
       // So is the message (lines over 998 octets), so that a bad one never leaves a DATA half sent.
       yield* DataEncoder.encode(message)
-      const result = yield* Effect.scoped(
-        Effect.flatMap(
-          SmtpConnection.make(connectionOptions(args, settings)),
-          (connection) => connection.send({ from: args.from, to: args.to }, message)
-        )
+      const { mechanism, result } = yield* Effect.scoped(Effect.gen(function*() {
+        const connection = yield* SmtpConnection.make(connectionOptions(args, settings))
+        const mechanism = yield* signIn(connection, auth)
+        const result = yield* connection.send({ from: args.from, to: args.to }, message)
+        return { mechanism, result }
+      }))
+      const authenticated = auth === undefined || mechanism === undefined
+        ? undefined
+        : { user: auth.username, mechanism }
+      yield* Console.log(
+        args.json
+          ? JSON.stringify(sendJson(result, mechanism), null, 2)
+          : sendText(settings, result, authenticated)
       )
-      yield* Console.log(args.json ? JSON.stringify(sendJson(result), null, 2) : sendText(settings, result))
     })
 ).pipe(
   Command.withDescription(
-    "Send one message (from --file, or from standard input) to the recipients, with STARTTLS as the URL says"
+    "Send one message (from --file, or from standard input) to the recipients, with STARTTLS as the URL says, " +
+      "signing in first when there are credentials"
   )
 )
 
