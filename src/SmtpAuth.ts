@@ -47,6 +47,30 @@ export type Step = internal.Step
 export type StartOptions = internal.StartOptions
 
 /**
+ * A user with a password, or with an OAuth access token, as a mechanism receives them.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Credentials = internal.Credentials
+
+/**
+ * What `Mechanism.start` takes: the credentials and the start options.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type StartInput = internal.StartInput
+
+/**
+ * The options of `choose`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ChooseOptions = internal.ChooseOptions
+
+/**
  * PLAIN (RFC 4616).
  *
  * @since 0.1.0
