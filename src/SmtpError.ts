@@ -277,6 +277,41 @@ export class SmtpAuthError extends Data.TaggedError("SmtpAuthError")<{
 }
 
 /**
+ * What a message needs from the server: an extension, or room under its SIZE limit.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Capability = "SIZE" | "8BITMIME" | "BINARYMIME" | "SMTPUTF8" | "DSN" | "REQUIRETLS"
+
+/**
+ * The server (or the connection) lacks what this message needs: an address or header needs SMTPUTF8, an 8-bit body
+ * needs 8BITMIME, a binary body needs BINARYMIME and CHUNKING, DSN parameters need DSN, REQUIRETLS needs TLS and the
+ * server's REQUIRETLS, or the message is over the server's SIZE limit. Raised before anything of the transaction is
+ * sent, except for a streamed body found 8-bit midway, which ends the connection so the server cannot accept it. Not
+ * retryable on the same server.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class SmtpCapabilityError extends Data.TaggedError("SmtpCapabilityError")<{
+  readonly capability: Capability
+  /** What the message needs and the server lacks, in words. */
+  readonly reason: string
+}> {
+  /**
+   * @since 0.1.0
+   */
+  readonly [TypeId]: TypeId = TypeId
+  /**
+   * @since 0.1.0
+   */
+  override get message(): string {
+    return `The server cannot take this message (${this.capability}): ${this.reason}`
+  }
+}
+
+/**
  * Any error effect-smtp fails with.
  *
  * @since 0.1.0
@@ -291,6 +326,7 @@ export type SmtpError =
   | InvalidInputError
   | TlsError
   | SmtpAuthError
+  | SmtpCapabilityError
 
 /**
  * Tells whether a value is one of effect-smtp's errors.

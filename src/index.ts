@@ -62,6 +62,7 @@ export {
   InvalidInputError,
   NetworkError,
   SmtpAuthError,
+  SmtpCapabilityError,
   SmtpPermanentError,
   SmtpProtocolError,
   SmtpTransientError,
