@@ -7,6 +7,7 @@
  */
 import type * as Duration from "effect/Duration"
 import type * as Effect from "effect/Effect"
+import type * as Either from "effect/Either"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as Capabilities from "./Capabilities.js"
@@ -17,6 +18,7 @@ import type {
   InvalidInputError,
   NetworkError,
   SmtpAuthError,
+  SmtpCapabilityError,
   SmtpPermanentError,
   SmtpProtocolError,
   SmtpTransientError,
@@ -168,6 +170,18 @@ export interface State {
 export type Body<E = never, R = never> = Uint8Array | string | Stream.Stream<Uint8Array, E, R>
 
 /**
+ * A recipient with its own RCPT parameters (DSN's NOTIFY and ORCPT, per recipient).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Recipient {
+  readonly address: string
+  /** Replaces the envelope's `rcptParameters` for this recipient. */
+  readonly parameters?: SmtpCommand.RcptParameters | undefined
+}
+
+/**
  * The envelope of one transaction.
  *
  * @since 0.1.0
@@ -176,24 +190,105 @@ export type Body<E = never, R = never> = Uint8Array | string | Stream.Stream<Uin
 export interface Envelope {
   /** The reverse-path; "" for the null reverse-path `<>`. */
   readonly from: string
-  readonly to: ReadonlyArray<string>
+  readonly to: ReadonlyArray<string | Recipient>
+  /**
+   * MAIL parameters. SIZE, BODY and SMTPUTF8 are worked out by `send` when not given; RET, ENVID and REQUIRETLS
+   * are the caller's to ask for.
+   */
   readonly mailParameters?: SmtpCommand.MailParameters | undefined
+  /** RCPT parameters for every recipient that has none of its own. */
   readonly rcptParameters?: SmtpCommand.RcptParameters | undefined
 }
 
 /**
- * What happened to one transaction: the recipients the server took, those it refused (with why), and its final reply
- * (which often holds the queue id).
+ * How `send` runs a transaction.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface SendOptions {
+  /** Use BDAT (RFC 3030) when the server offers CHUNKING. Default true. */
+  readonly chunking?: boolean | undefined
+  /** Pipeline commands (RFC 2920) when the server offers PIPELINING. Default true. */
+  readonly pipelining?: boolean | undefined
+  /**
+   * `partial` (default): deliver to the recipients the server took and report the others. `all-or-nothing`: when
+   * any recipient is refused, RSET and fail; the envelope is then read before the body goes, one round trip more.
+   */
+  readonly policy?: "partial" | "all-or-nothing" | undefined
+  /** Let lines over 998 octets through. Default false: such a body fails with an `InvalidInputError`. */
+  readonly allowLongLines?: boolean | undefined
+  /**
+   * The body's type. Default: worked out for a body in memory (8BITMIME when it has 8-bit octets); a streamed body
+   * is declared 8BITMIME when the server offers it, and fails midway on an 8-bit octet when it does not. BINARYMIME
+   * (sent as is, never canonicalized) needs BINARYMIME and CHUNKING.
+   */
+  readonly bodyType?: SmtpCommand.BodyType | undefined
+  /** The size of a streamed body in octets, for SIZE; a body in memory is measured. */
+  readonly size?: number | undefined
+}
+
+/**
+ * How `sendAll` runs its messages.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface SendAllOptions extends SendOptions {
+  /** With BDAT, how many transactions may be in flight before the oldest is waited for. Default 16. */
+  readonly window?: number | undefined
+}
+
+/**
+ * One message for `sendAll`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Submission<E = never, R = never> {
+  readonly envelope: Envelope
+  readonly body: Body<E, R>
+  /** Overrides the batch's options for this message. */
+  readonly options?: SendOptions | undefined
+}
+
+/**
+ * A recipient the server took: its RCPT reply and, with LMTP, its own delivery reply.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface AcceptedRecipient {
+  readonly recipient: string
+  readonly reply: SmtpReply
+  readonly delivery: SmtpReply | undefined
+}
+
+/**
+ * A recipient the server refused, at RCPT or (LMTP) at delivery, with the refusal's code, enhanced code and text.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RejectedRecipient {
+  readonly recipient: string
+  readonly error: SmtpTransientError | SmtpPermanentError
+}
+
+/**
+ * What happened to one transaction: the recipients the server took, those it refused (with why), its final reply
+ * (which often holds the queue id), how it was sent, and how many round trips it waited for.
  *
  * @since 0.1.0
  * @category models
  */
 export interface SendResult {
-  readonly accepted: ReadonlyArray<{ readonly recipient: string; readonly reply: SmtpReply }>
-  readonly rejected: ReadonlyArray<
-    { readonly recipient: string; readonly error: SmtpTransientError | SmtpPermanentError }
-  >
+  readonly accepted: ReadonlyArray<AcceptedRecipient>
+  readonly rejected: ReadonlyArray<RejectedRecipient>
   readonly response: SmtpReply
+  readonly method: "DATA" | "BDAT"
+  /** The writes this message waited on a reply for; with pipelining across messages they are shared. */
+  readonly roundTrips: number
 }
 
 /**
@@ -203,6 +298,15 @@ export interface SendResult {
  * @category models
  */
 export type ReplyError = NetworkError | TimeoutError | SmtpProtocolError | SmtpTransientError | SmtpPermanentError
+
+/**
+ * What sending a message can fail with: a reply error, a connection failure, bad input, or a server that lacks what
+ * the message needs.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SendError = ReplyError | InvalidInputError | SmtpCapabilityError
 
 /**
  * What reading any reply can fail with: the connection failed, without a negative reply.
@@ -287,14 +391,27 @@ export interface SmtpConnection {
   /** The timeouts in force, after defaults and overrides. */
   readonly timeouts: { readonly [K in keyof Timeouts]: Duration.Duration }
   /**
-   * MAIL, one RCPT per recipient, DATA and the body. Addresses are all checked before anything is sent. Refused
-   * recipients are reported; when every recipient is refused, the transaction is reset and the send fails
-   * (transient if any refusal was 4xx).
+   * One message: every address and extension checked before anything is sent, then MAIL, every RCPT and DATA in one
+   * write when the server offers PIPELINING (the body only after 354, and never when no recipient was taken), or
+   * MAIL, RCPT and `BDAT n LAST` in one write when it offers CHUNKING. SIZE, BODY=8BITMIME and SMTPUTF8 are declared
+   * when the message needs them, and a server that lacks what it needs is an `SmtpCapabilityError`. Refused
+   * recipients are reported; when every recipient is refused the send fails (transient if any refusal was 4xx).
    */
   readonly send: <E = never, R = never>(
     envelope: Envelope,
-    body: Body<E, R>
-  ) => Effect.Effect<SendResult, ReplyError | InvalidInputError | E, R>
+    body: Body<E, R>,
+    options?: SendOptions
+  ) => Effect.Effect<SendResult, SendError | E, R>
+  /**
+   * Many messages on this connection, pipelined across transactions: with DATA, each end of data leaves with the next
+   * message's envelope; with BDAT, up to `window` transactions are in flight. One result per message, in order; a
+   * failure that closes the connection fails the messages still unanswered and every later one. From a stream, the
+   * messages of one chunk are pipelined together, and every one is answered before the next chunk is pulled.
+   */
+  readonly sendAll: <E = never, R = never, R2 = never>(
+    submissions: Iterable<Submission<E, R>> | Stream.Stream<Submission<E, R>, never, R2>,
+    options?: SendAllOptions
+  ) => Stream.Stream<Either.Either<SendResult, SendError | E>, never, R | R2>
 }
 
 /**

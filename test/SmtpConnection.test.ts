@@ -217,10 +217,14 @@ describe("SmtpConnection against smtp-server", () => {
       })
       yield* Effect.scoped(
         Effect.flatMap(connect({ host: "127.0.0.1", port: server.port }), (c) =>
-          c.send({ from: "a@example.org", to: ["b@example.org"] }, "traced"))
+          Effect.gen(function*() {
+            yield* c.mail("a@example.org")
+            yield* c.rcpt("b@example.org")
+            yield* c.data("traced")
+            yield* c.send({ from: "a@example.org", to: ["b@example.org"] }, "traced")
+          }))
       ).pipe(Effect.withTracer(recording))
-      const byName = (name: string) =>
-        spans.find((span) => span.name === name)
+      const byName = (name: string) => spans.find((span) => span.name === name)
       expect(spans.map((span) => span.name)).toEqual(
         expect.arrayContaining([
           "smtp.greeting",
@@ -240,6 +244,12 @@ describe("SmtpConnection against smtp-server", () => {
       expect(rcpt.kind).toBe("client")
       expect(byName("smtp.greeting")!.attributes.get("smtp.reply.code")).toBe(220)
       expect(byName("smtp.data")!.attributes.get("smtp.reply.code")).toBe(250)
+      // A pipelined send is one span: how it went is on it, not on spans of commands that left in one write.
+      const send = byName("smtp.send")!
+      expect(send.attributes.get("smtp.method")).toBe("DATA")
+      expect(send.attributes.get("smtp.round_trips")).toBe(2)
+      expect(send.attributes.get("smtp.recipients.accepted")).toBe(1)
+      expect(send.attributes.get("server.port")).toBe(server.port)
     }))
 
   it.scopedLive("concurrent sends on one connection run one transaction at a time", () =>

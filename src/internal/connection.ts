@@ -8,9 +8,11 @@ import * as Either from "effect/Either"
 import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
 import * as PubSub from "effect/PubSub"
+import * as Queue from "effect/Queue"
 import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as Take from "effect/Take"
 import * as os from "node:os"
 import * as Capabilities from "../Capabilities.js"
 import * as DataEncoder from "../DataEncoder.js"
@@ -31,6 +33,7 @@ import * as SmtpReply from "../SmtpReply.js"
 import { SmtpTransport } from "../SmtpTransport.js"
 import type { SmtpSocket, TlsDetails, TlsOptions } from "../SmtpTransport.js"
 import * as Sasl from "./sasl.js"
+import * as Submission from "./submission.js"
 
 type Timeouts = SmtpConnection.Timeouts
 type Phase = keyof Timeouts
@@ -535,51 +538,75 @@ export const make = (
       return fixed(SmtpCommand.quit).pipe(Effect.ensuring(breakConnection("QUIT")))
     })
 
-    const send = <E = never, R = never>(envelope: SmtpConnection.Envelope, body: SmtpConnection.Body<E, R>) =>
-      use(Effect.gen(function*() {
-        // Every address is checked before anything is sent, so bad input loses nothing.
-        const mail = SmtpCommand.mail(envelope.from, envelope.mailParameters)
-        const rcpts = envelope.to.map((to) => SmtpCommand.rcpt(to, envelope.rcptParameters))
-        yield* SmtpCommand.encodeGroup([mail, ...rcpts])
-        yield* simple(mail)
-        const accepted: Array<{ recipient: string; reply: SmtpReply.SmtpReply }> = []
-        const rejected: Array<{ recipient: string; error: SmtpTransientError | SmtpPermanentError }> = []
-        for (const [i, recipient] of envelope.to.entries()) {
-          const outcome = yield* Effect.either(simple(rcpts[i]!))
-          if (Either.isRight(outcome)) {
-            accepted.push({ recipient, reply: outcome.right })
-          } else {
-            const error = outcome.left
-            if (error._tag !== "SmtpTransientError" && error._tag !== "SmtpPermanentError") return yield* error
-            if (error.code === 421) return yield* error
-            rejected.push({ recipient, error })
-          }
-        }
-        if (accepted.length === 0) {
-          yield* Effect.ignore(fixed(SmtpCommand.rset))
-          const transient = rejected.find((r) => r.error._tag === "SmtpTransientError")
-          return yield* (transient ?? rejected[0]!).error
-        }
-        const replies = yield* dataReplies(body, false)
-        if (!lmtp) {
-          const response = yield* check(replies[0]!, "DATA", SmtpReply.isPositiveCompletion)
-          return { accepted, rejected, response }
-        }
-        // LMTP: one reply per accepted recipient, in order; a recipient whose reply is negative was not delivered.
-        const delivered = accepted.filter((_, i) => SmtpReply.isPositiveCompletion(replies[i]!))
-        for (const [i, entry] of accepted.entries()) {
-          const reply = replies[i]!
-          if (!SmtpReply.isPositiveCompletion(reply)) {
-            rejected.push({ recipient: entry.recipient, error: SmtpReply.toError(reply, "DATA") })
-          }
-        }
-        const response = replies.find(SmtpReply.isPositiveCompletion)
-        if (response === undefined) {
-          const transient = rejected.find((r) => r.error._tag === "SmtpTransientError")
-          return yield* (transient ?? rejected[0]!).error
-        }
-        return { accepted: delivered, rejected, response }
-      })).pipe(Effect.withSpan("smtp.send", { kind: "client", attributes: spanAttributes }))
+    /** What the submission engine needs of this session. */
+    const session: Submission.Session = {
+      capabilities: () => capabilities,
+      secure: Effect.map(socket.tls, (tls) => tls !== undefined),
+      lmtp,
+      write: (chunks) => writeBytes(chunks, "dataBlock"),
+      readReply: (phase, verb, mayHaveBeenDelivered) => readReply(phase, verb, mayHaveBeenDelivered),
+      record: (line) => record("client", line),
+      check,
+      breakConnection,
+      broken: () => broken
+    }
+
+    /** Runs a batch through the engine in one use of the connection; on a closed one, every message fails at once. */
+    const runBatch = <E, R, R2>(
+      submissions:
+        | Iterable<SmtpConnection.Submission<E, R>>
+        | Stream.Stream<SmtpConnection.Submission<E, R>, never, R2>,
+      batchOptions: SmtpConnection.SendAllOptions,
+      emit: (result: Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>) => Effect.Effect<void>
+    ) => {
+      const batch = Effect.scoped(
+        Effect.flatMap(Submission.source(submissions), (pull) => Submission.run(session, pull, batchOptions, emit))
+      )
+      return use(batch).pipe(Effect.catchAll(() => batch))
+    }
+
+    const send = <E = never, R = never>(
+      envelope: SmtpConnection.Envelope,
+      body: SmtpConnection.Body<E, R>,
+      sendOptions?: SmtpConnection.SendOptions
+    ): Effect.Effect<SmtpConnection.SendResult, SmtpConnection.SendError | E, R> =>
+      Effect.suspend(() => {
+        let outcome: Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E> | undefined
+        return runBatch<E, R, never>(
+          [{ envelope, body }],
+          sendOptions ?? {},
+          (result) => Effect.sync(() => void (outcome = result))
+        ).pipe(
+          Effect.flatMap(() => outcome!),
+          Effect.tap((result) =>
+            Effect.annotateCurrentSpan({
+              "smtp.method": result.method,
+              "smtp.round_trips": result.roundTrips,
+              "smtp.recipients.accepted": result.accepted.length,
+              "smtp.recipients.rejected": result.rejected.length,
+              "smtp.reply.code": result.response.code
+            })
+          )
+        )
+      }).pipe(Effect.withSpan("smtp.send", { kind: "client", attributes: spanAttributes }))
+
+    const sendAll = <E = never, R = never, R2 = never>(
+      submissions:
+        | Iterable<SmtpConnection.Submission<E, R>>
+        | Stream.Stream<SmtpConnection.Submission<E, R>, never, R2>,
+      batchOptions?: SmtpConnection.SendAllOptions
+    ): Stream.Stream<Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>, never, R | R2> =>
+      Stream.unwrapScoped(Effect.gen(function*() {
+        const results = yield* Queue.bounded<
+          Take.Take<Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>>
+        >(64)
+        yield* runBatch(submissions, batchOptions ?? {}, (result) => Queue.offer(results, Take.of(result))).pipe(
+          Effect.zipRight(Queue.offer(results, Take.end)),
+          Effect.withSpan("smtp.sendAll", { kind: "client", attributes: spanAttributes }),
+          Effect.forkScoped
+        )
+        return Stream.flattenTake(Stream.fromQueue(results))
+      }))
 
     // Release: QUIT, bounded by its short timeout, unless the session is already closed; the socket's own finalizer
     // (added when it was opened, so run after this one) then closes it.
@@ -652,7 +679,8 @@ export const make = (
       timeouts: Object.fromEntries(
         Object.keys(defaultTimeouts).map((key) => [key, timeoutOf(key as Phase)])
       ) as { readonly [K in Phase]: Duration.Duration },
-      send
+      send,
+      sendAll
     }
 
     yield* greet

@@ -1,0 +1,734 @@
+/**
+ * The submission engine behind `SmtpConnection.send` and `sendAll`: a plan per message (every check before anything
+ * is sent), then transactions written into one output buffer that is flushed only when a reply must be awaited, and
+ * a FIFO of the replies still due (RFC 2920: replies come in the order of the commands). Pipelining is then a choice
+ * of when to wait:
+ *
+ * - DATA: MAIL, every RCPT and DATA in one group; the body only after 354; its end-of-data goes out with the next
+ *   message's group, so a stream of messages costs about one round trip each.
+ * - BDAT (RFC 3030): MAIL, every RCPT and the whole body as `BDAT n LAST` without waiting, with up to `window`
+ *   transactions in flight.
+ */
+import * as Chunk from "effect/Chunk"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as Predicate from "effect/Predicate"
+import * as Stream from "effect/Stream"
+import { isAscii } from "node:buffer"
+import * as BdatEncoder from "../BdatEncoder.js"
+import * as Capabilities from "../Capabilities.js"
+import * as DataEncoder from "../DataEncoder.js"
+import * as Mailbox from "../Mailbox.js"
+import * as SmtpCommand from "../SmtpCommand.js"
+import type * as SmtpConnection from "../SmtpConnection.js"
+import type { NetworkError, TimeoutError } from "../SmtpError.js"
+import {
+  InvalidInputError,
+  SmtpCapabilityError,
+  type SmtpPermanentError,
+  type SmtpProtocolError,
+  type SmtpTransientError
+} from "../SmtpError.js"
+import * as SmtpReply from "../SmtpReply.js"
+
+type Phase = keyof SmtpConnection.Timeouts
+type RefusalError = SmtpTransientError | SmtpPermanentError
+/** What ends a batch: the connection can no longer be trusted. */
+type Fatal = NetworkError | TimeoutError | SmtpProtocolError | RefusalError
+
+/** What the engine needs of the connection. */
+export interface Session {
+  readonly capabilities: () => Capabilities.Capabilities
+  readonly secure: Effect.Effect<boolean>
+  readonly lmtp: boolean
+  readonly write: (chunks: ReadonlyArray<Uint8Array>) => Effect.Effect<void, NetworkError | TimeoutError>
+  readonly readReply: (
+    phase: Phase,
+    verb: string,
+    mayHaveBeenDelivered: boolean
+  ) => Effect.Effect<SmtpReply.SmtpReply, NetworkError | TimeoutError | SmtpProtocolError>
+  readonly record: (line: string) => Effect.Effect<void>
+  /** A 421 closes the connection; a reply outside `ok` fails with its error. */
+  readonly check: (
+    reply: SmtpReply.SmtpReply,
+    verb: string,
+    ok: (reply: SmtpReply.SmtpReply) => boolean
+  ) => Effect.Effect<SmtpReply.SmtpReply, RefusalError | SmtpProtocolError>
+  readonly breakConnection: (reason: string) => Effect.Effect<void>
+  /** The error further use gets, once the connection is closed. */
+  readonly broken: () => NetworkError | undefined
+}
+
+/** Bytes gathered before a write even though no reply is awaited yet: what keeps a streamed body moving. */
+const FLUSH_AT = 64 * 1024
+/** BDAT chunk replies of one message left unread before the engine waits for one. */
+const BDAT_REPLIES_AHEAD = 8
+const END_OF_DATA = new TextEncoder().encode(".\r\n")
+
+/** A failure of the session met while a body streams, kept apart from the body's own failures. */
+class SessionFailure {
+  constructor(readonly error: Fatal) {}
+}
+const asSessionFailure = <A, R>(effect: Effect.Effect<A, Fatal, R>) =>
+  Effect.mapError(effect, (error) => new SessionFailure(error))
+const utf8 = new TextEncoder()
+
+// ---------------------------------------------------------------------------------------------------------------
+// Planning: everything that can be checked before a byte is sent
+// ---------------------------------------------------------------------------------------------------------------
+
+/** The body, ready for the wire (in memory), or to be encoded as it streams. */
+type PreparedBody<E, R> =
+  | {
+    readonly _tag: "Encoded"
+    readonly chunks: ReadonlyArray<Uint8Array>
+    /** The body's own size, before encoding. */
+    readonly octets: number
+  }
+  | {
+    readonly _tag: "Streamed"
+    readonly stream: Stream.Stream<Uint8Array, E, R>
+    /** The server lacks 8BITMIME and the body was not declared 8-bit: an 8-bit octet ends the send. */
+    readonly sevenBitOnly: boolean
+  }
+
+interface Plan<E, R> {
+  readonly method: "DATA" | "BDAT"
+  readonly pipelining: boolean
+  readonly allOrNothing: boolean
+  readonly mail: Uint8Array
+  readonly mailLine: string
+  readonly recipients: ReadonlyArray<{ readonly recipient: string; readonly bytes: Uint8Array; readonly line: string }>
+  readonly binary: boolean
+  readonly allowLongLines: boolean
+  readonly body: PreparedBody<E, R>
+}
+
+const capabilityError = (capability: SmtpCapabilityError["capability"], reason: string) =>
+  Either.left(new SmtpCapabilityError({ capability, reason }))
+
+const toBytes = (body: Uint8Array | string): Uint8Array => typeof body === "string" ? utf8.encode(body) : body
+
+/** Where the header section ends: after the first empty line (CRLF CRLF, or bare LF LF), or the whole message. */
+const headerSection = (bytes: Uint8Array): Uint8Array => {
+  const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  const crlf = buffer.indexOf("\r\n\r\n")
+  const lf = buffer.indexOf("\n\n")
+  const ends = [crlf, lf].filter((i) => i >= 0)
+  return ends.length === 0 ? bytes : bytes.subarray(0, Math.min(...ends))
+}
+
+const encodeAll = (
+  bytes: Uint8Array,
+  method: "DATA" | "BDAT",
+  binary: boolean,
+  allowLongLines: boolean
+): Either.Either<ReadonlyArray<Uint8Array>, InvalidInputError> => {
+  if (method === "DATA") return Either.map(DataEncoder.encode(bytes, { allowLongLines }), (encoded) => [encoded])
+  // One BDAT LAST for the whole message: its size is known, so chunks would only cost replies.
+  const encoder = BdatEncoder.make({ allowLongLines, binary, chunkSize: Number.MAX_SAFE_INTEGER })
+  return Either.flatMap(encoder.push(bytes), () => Either.map(encoder.end(), (last) => last.data))
+}
+
+interface Address {
+  readonly given: string
+  readonly mailbox: Mailbox.Mailbox | undefined
+}
+
+/** Checks the whole message against the server and builds every command; nothing is sent. */
+export const plan = <E, R>(
+  envelope: SmtpConnection.Envelope,
+  body: SmtpConnection.Body<E, R>,
+  options: SmtpConnection.SendOptions,
+  capabilities: Capabilities.Capabilities,
+  secure: boolean
+): Either.Either<Plan<E, R>, InvalidInputError | SmtpCapabilityError> =>
+  Either.gen(function*() {
+    const mailParameters = envelope.mailParameters ?? {}
+    const recipients = envelope.to.map((entry) =>
+      typeof entry === "string"
+        ? { address: entry, parameters: envelope.rcptParameters }
+        : { address: entry.address, parameters: entry.parameters ?? envelope.rcptParameters }
+    )
+    if (recipients.length === 0) {
+      return yield* Either.left(new InvalidInputError({ field: "recipients", reason: "there is no recipient" }))
+    }
+    const sender: Address = envelope.from === "" || envelope.from === "<>"
+      ? { given: envelope.from, mailbox: undefined }
+      : { given: envelope.from, mailbox: yield* Mailbox.parse(envelope.from, "MAIL FROM address") }
+    const rcptAddresses: Array<Address> = []
+    for (const r of recipients) {
+      rcptAddresses.push({ given: r.address, mailbox: yield* Mailbox.parse(r.address, "RCPT TO address") })
+    }
+
+    // The content: size, 8-bit octets, and 8-bit headers, known when the body is in memory.
+    const inMemory = typeof body === "string" || body instanceof Uint8Array ? toBytes(body) : undefined
+    const eightBit = inMemory !== undefined && !isAscii(inMemory)
+    const eightBitHeaders = eightBit && inMemory !== undefined && !isAscii(headerSection(inMemory))
+
+    // SMTPUTF8 (RFC 6531): needed by a non-ASCII local part, or by UTF-8 in the headers. Without it, IDN domains go as
+    // A-labels.
+    const needsUtf8 = mailParameters.smtpUtf8 === true || eightBitHeaders ||
+      [sender, ...rcptAddresses].some((a) => a.mailbox !== undefined && Mailbox.requiresSmtpUtf8(a.mailbox))
+    if (needsUtf8 && !Capabilities.smtpUtf8(capabilities)) {
+      return yield* capabilityError(
+        "SMTPUTF8",
+        eightBitHeaders && mailParameters.smtpUtf8 !== true
+          ? "the message has UTF-8 in its headers and the server does not offer SMTPUTF8"
+          : "an address has a non-ASCII local part and the server does not offer SMTPUTF8"
+      )
+    }
+    const wire = (address: Address, field: string): Either.Either<string, InvalidInputError> =>
+      address.mailbox === undefined
+        ? Either.right("")
+        : needsUtf8
+        ? Either.right(Mailbox.format(address.mailbox))
+        : Either.map(Mailbox.toAscii(address.mailbox, field), Mailbox.format)
+
+    // BODY (RFC 6152, RFC 3030): as declared, else 8BITMIME when the content is 8-bit or unknown and it is offered.
+    const declared = mailParameters.body ?? options.bodyType
+    const binary = declared === "BINARYMIME"
+    if (binary && !(Capabilities.binaryMime(capabilities) && Capabilities.chunking(capabilities))) {
+      return yield* capabilityError(
+        "BINARYMIME",
+        "the body is binary and the server does not offer BINARYMIME with CHUNKING"
+      )
+    }
+    if (declared === "8BITMIME" && !Capabilities.eightBitMime(capabilities)) {
+      return yield* capabilityError("8BITMIME", "the body is declared 8-bit and the server does not offer 8BITMIME")
+    }
+    if (declared === undefined && eightBit && !Capabilities.eightBitMime(capabilities)) {
+      return yield* capabilityError("8BITMIME", "the body has 8-bit octets and the server does not offer 8BITMIME")
+    }
+    const bodyType: SmtpCommand.BodyType | undefined = declared ??
+      (eightBit || (inMemory === undefined && Capabilities.eightBitMime(capabilities)) ? "8BITMIME" : undefined)
+
+    // DSN (RFC 3461) and REQUIRETLS (RFC 8689) are promises the server must be able to keep.
+    const usesDsn = mailParameters.ret !== undefined || mailParameters.envelopeId !== undefined ||
+      recipients.some((r) => r.parameters?.notify !== undefined || r.parameters?.originalRecipient !== undefined)
+    if (usesDsn && !Capabilities.dsn(capabilities)) {
+      return yield* capabilityError("DSN", "DSN parameters (RET, ENVID, NOTIFY, ORCPT) need the server's DSN extension")
+    }
+    if (mailParameters.requireTls === true) {
+      if (!secure) return yield* capabilityError("REQUIRETLS", "REQUIRETLS needs a TLS connection")
+      if (!Capabilities.requireTls(capabilities)) {
+        return yield* capabilityError("REQUIRETLS", "the server does not offer REQUIRETLS")
+      }
+    }
+
+    const method = binary || (options.chunking !== false && Capabilities.chunking(capabilities)) ? "BDAT" : "DATA"
+    const allowLongLines = options.allowLongLines ?? false
+    const prepared: PreparedBody<E, R> = inMemory !== undefined
+      ? { _tag: "Encoded", chunks: yield* encodeAll(inMemory, method, binary, allowLongLines), octets: inMemory.length }
+      : {
+        _tag: "Streamed",
+        stream: body as Stream.Stream<Uint8Array, E, R>,
+        sevenBitOnly: bodyType === undefined
+      }
+
+    // SIZE (RFC 1870): declared when known, and checked against the limit before anything is sent.
+    const size = mailParameters.size ?? options.size ??
+      (prepared._tag === "Encoded" ? prepared.chunks.reduce((n, c) => n + c.length, 0) : undefined)
+    const limit = Capabilities.sizeLimit(capabilities)
+    if (size !== undefined && Option.isSome(limit) && limit.value > 0 && size > limit.value) {
+      return yield* capabilityError("SIZE", `the message is ${size} octets and the server takes at most ${limit.value}`)
+    }
+
+    const mail = SmtpCommand.mail(yield* wire(sender, "MAIL FROM address"), {
+      ...mailParameters,
+      size: Capabilities.has(capabilities, "SIZE") ? size : undefined,
+      body: bodyType,
+      smtpUtf8: needsUtf8 ? true : undefined
+    })
+    const rcpts: Array<{ recipient: string; bytes: Uint8Array; line: string }> = []
+    for (const [i, r] of recipients.entries()) {
+      const command = SmtpCommand.rcpt(yield* wire(rcptAddresses[i]!, "RCPT TO address"), r.parameters)
+      rcpts.push({
+        recipient: r.address,
+        bytes: yield* SmtpCommand.encode(command),
+        line: SmtpCommand.toTranscript(command)
+      })
+    }
+    return {
+      method,
+      pipelining: options.pipelining !== false && Capabilities.pipelining(capabilities),
+      allOrNothing: options.policy === "all-or-nothing",
+      mail: yield* SmtpCommand.encode(mail),
+      mailLine: SmtpCommand.toTranscript(mail),
+      recipients: rcpts,
+      binary,
+      allowLongLines,
+      body: prepared
+    }
+  })
+
+// ---------------------------------------------------------------------------------------------------------------
+// Running: one output buffer, one FIFO of the replies still due
+// ---------------------------------------------------------------------------------------------------------------
+
+/** One message of a batch. */
+interface Transaction {
+  readonly method: "DATA" | "BDAT"
+  readonly accepted: Array<SmtpConnection.AcceptedRecipient>
+  readonly rejected: Array<SmtpConnection.RejectedRecipient>
+  mailError: RefusalError | undefined
+  dataReply: SmtpReply.SmtpReply | undefined
+  chunkError: RefusalError | undefined
+  /** The flushes whose replies this message waited for: its round trips. */
+  readonly flushes: Set<number>
+  /** Set once the result is out. */
+  done: boolean
+}
+
+/** A reply still due, and what to do with it. */
+interface Due {
+  /** False for a message refused before sending, whose result waits only for its turn. */
+  readonly read: boolean
+  readonly verb: string
+  readonly phase: Phase
+  readonly mayHaveBeenDelivered: boolean
+  readonly transaction: Transaction | undefined
+  readonly handle: (reply: SmtpReply.SmtpReply) => Effect.Effect<void, Fatal>
+}
+
+/** Refused by every recipient: transient if any refusal was 4xx (RFC 5321 §4.2.5), else the first refusal. */
+const refusedByAll = (rejected: ReadonlyArray<SmtpConnection.RejectedRecipient>): RefusalError => {
+  const transient = rejected.find((r) => r.error._tag === "SmtpTransientError")
+  return (transient ?? rejected[0]!).error
+}
+
+/** Runs a batch of messages on a session held for the whole batch, reporting each result in order through `emit`. */
+export const run = <E, R, R2>(
+  session: Session,
+  source: Effect.Effect<Option.Option<ReadonlyArray<SmtpConnection.Submission<E, R>>>, never, R2>,
+  options: SmtpConnection.SendAllOptions,
+  emit: (result: Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>) => Effect.Effect<void>
+): Effect.Effect<void, never, R | R2> =>
+  Effect.gen(function*() {
+    const window = Math.max(1, options.window ?? 16)
+    let out: Array<Uint8Array> = []
+    let outBytes = 0
+    let flushes = 0
+    const due: Array<Due> = []
+    /** Messages whose result is not out yet, oldest first. */
+    const open: Array<Transaction> = []
+    /** The previous DATA transaction left the server in a transaction: RSET before the next MAIL. */
+    let resetPending = false
+
+    const flush = Effect.suspend(() => {
+      if (out.length === 0) return Effect.void
+      const chunks = out
+      out = []
+      outBytes = 0
+      flushes++
+      return session.write(chunks)
+    })
+    const queue = (bytes: Uint8Array) =>
+      Effect.suspend(() => {
+        out.push(bytes)
+        outBytes += bytes.length
+        return outBytes >= FLUSH_AT ? flush : Effect.void
+      })
+    const command = (bytes: Uint8Array, line: string, entry: Due) =>
+      Effect.zipRight(session.record(line), Effect.zipRight(queue(bytes), Effect.sync(() => due.push(entry))))
+
+    const finish = (
+      transaction: Transaction,
+      result: Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>
+    ) =>
+      Effect.suspend(() => {
+        if (transaction.done) return Effect.void
+        transaction.done = true
+        const at = open.indexOf(transaction)
+        if (at >= 0) open.splice(at, 1)
+        return emit(result)
+      })
+    const succeed = (transaction: Transaction, response: SmtpReply.SmtpReply) =>
+      finish(
+        transaction,
+        Either.right({
+          accepted: transaction.accepted,
+          rejected: transaction.rejected,
+          response,
+          roundTrips: transaction.flushes.size,
+          method: transaction.method
+        })
+      )
+    const fail = (transaction: Transaction, error: SmtpConnection.SendError | E) =>
+      finish(transaction, Either.left(error))
+
+    /** Reads the oldest reply still due and hands it on. */
+    const readOne = Effect.gen(function*() {
+      yield* flush
+      const entry = due.shift()
+      if (entry === undefined) return
+      if (!entry.read) return yield* entry.handle(undefined as never)
+      const reply = yield* session.readReply(entry.phase, entry.verb, entry.mayHaveBeenDelivered)
+      entry.transaction?.flushes.add(flushes)
+      yield* entry.handle(reply)
+    })
+    const readAll = Effect.whileLoop({ while: () => due.length > 0, body: () => readOne, step: () => {} })
+    /** Reads until `transaction` has had every reply queued so far. */
+    const readFor = (transaction: Transaction) =>
+      Effect.whileLoop({
+        while: () => due.some((d) => d.transaction === transaction),
+        body: () => readOne,
+        step: () => {}
+      })
+
+    /** The error a negative reply stands for; a 421 (which closes the connection) or a reply out of place is fatal. */
+    const refusal = (reply: SmtpReply.SmtpReply, verb: string): Effect.Effect<RefusalError, Fatal> =>
+      Effect.matchEffect(session.check(reply, verb, () => false), {
+        onSuccess: () => Effect.succeed(SmtpReply.toError(reply, verb)),
+        onFailure: (error) =>
+          error._tag === "SmtpProtocolError" || error.code === 421 ? Effect.fail(error) : Effect.succeed(error)
+      })
+
+    const mailDue = (transaction: Transaction): Due => ({
+      read: true,
+      verb: "MAIL",
+      phase: "mail",
+      mayHaveBeenDelivered: false,
+      transaction,
+      handle: (reply) =>
+        SmtpReply.isPositiveCompletion(reply)
+          ? Effect.void
+          : Effect.map(refusal(reply, "MAIL"), (error) => void (transaction.mailError = error))
+    })
+    const rcptDue = (transaction: Transaction, recipient: string): Due => ({
+      read: true,
+      verb: "RCPT",
+      phase: "rcpt",
+      mayHaveBeenDelivered: false,
+      transaction,
+      handle: (reply) => {
+        if (SmtpReply.isPositiveCompletion(reply)) {
+          transaction.accepted.push({ recipient, reply, delivery: undefined })
+          return Effect.void
+        }
+        return Effect.map(refusal(reply, "RCPT"), (error) => {
+          // After a refused MAIL every RCPT is refused too (503): only the MAIL refusal is the reason.
+          if (transaction.mailError === undefined) transaction.rejected.push({ recipient, error })
+        })
+      }
+    })
+    /** A reply nobody waits for (RSET, or the end of an empty DATA); only a broken session matters. */
+    const ignoredDue = (verb: string, phase: Phase): Due => ({
+      read: true,
+      verb,
+      phase,
+      mayHaveBeenDelivered: false,
+      transaction: undefined,
+      handle: (reply) => SmtpReply.isServiceClosing(reply) ? Effect.asVoid(refusal(reply, verb)) : Effect.void
+    })
+    const queueReset = command(
+      SmtpCommand.encode(SmtpCommand.rset).pipe(Either.getOrThrow),
+      "RSET",
+      ignoredDue("RSET", "command")
+    )
+
+    /**
+     * The replies to the end of data: one, or with LMTP one per accepted recipient (RFC 2033 §4.2). Each recipient's
+     * delivery reply is filed; the message succeeds when one recipient got it.
+     */
+    const endOfData = (transaction: Transaction, verb: string, first: SmtpReply.SmtpReply) =>
+      Effect.gen(function*() {
+        if (!session.lmtp || transaction.accepted.length === 0) {
+          if (SmtpReply.isPositiveCompletion(first)) return yield* succeed(transaction, first)
+          const error = yield* refusal(first, verb)
+          return yield* fail(
+            transaction,
+            transaction.mailError ?? transaction.chunkError ??
+              (transaction.accepted.length === 0 && transaction.rejected.length > 0
+                ? refusedByAll(transaction.rejected)
+                : error)
+          )
+        }
+        const replies = [first]
+        while (replies.length < transaction.accepted.length) {
+          replies.push(yield* session.readReply("dataEnd", verb, true))
+        }
+        const delivered: Array<SmtpConnection.AcceptedRecipient> = []
+        for (const [i, entry] of transaction.accepted.entries()) {
+          const reply = replies[i]!
+          if (SmtpReply.isPositiveCompletion(reply)) {
+            delivered.push({ ...entry, delivery: reply })
+            continue
+          }
+          transaction.rejected.push({ recipient: entry.recipient, error: yield* refusal(reply, verb) })
+        }
+        transaction.accepted.splice(0, transaction.accepted.length, ...delivered)
+        const response = replies.find(SmtpReply.isPositiveCompletion)
+        return yield* response === undefined
+          ? fail(transaction, refusedByAll(transaction.rejected))
+          : succeed(transaction, response)
+      })
+
+    /** Whether the envelope already decided the message's fate (read after the MAIL and RCPT replies). */
+    const refusedEnvelope = (transaction: Transaction, allOrNothing: boolean): RefusalError | undefined =>
+      transaction.mailError ??
+        (transaction.accepted.length === 0
+          ? refusedByAll(transaction.rejected)
+          : allOrNothing && transaction.rejected.length > 0
+          ? transaction.rejected[0]!.error
+          : undefined)
+
+    /** Fails when a streamed body turns out 8-bit for a server that only takes 7-bit. */
+    const checkSevenBit = (sevenBitOnly: boolean, bytes: Uint8Array) =>
+      sevenBitOnly && !isAscii(bytes)
+        ? Effect.fail(
+          new SmtpCapabilityError({
+            capability: "8BITMIME",
+            reason: "the body has 8-bit octets and the server does not offer 8BITMIME"
+          })
+        )
+        : Effect.void
+
+    /** The body through the DATA encoder, into the output buffer; the session's own failures come wrapped. */
+    const dataBody = (plan: Plan<E, R>) =>
+      Effect.gen(function*() {
+        if (plan.body._tag === "Encoded") {
+          for (const chunk of plan.body.chunks) yield* asSessionFailure(queue(chunk))
+          return plan.body.octets
+        }
+        const encoder = DataEncoder.make({ allowLongLines: plan.allowLongLines })
+        const sevenBitOnly = plan.body.sevenBitOnly
+        let octets = 0
+        yield* Stream.runForEach(plan.body.stream, (chunk) =>
+          Effect.gen(function*() {
+            yield* checkSevenBit(sevenBitOnly, chunk)
+            octets += chunk.length
+            const encoded = yield* encoder.push(chunk)
+            if (encoded.length > 0) yield* asSessionFailure(queue(encoded))
+          }))
+        yield* asSessionFailure(queue(yield* encoder.end()))
+        return octets
+      })
+
+    const sendData = (transaction: Transaction, plan: Plan<E, R>) =>
+      Effect.gen(function*() {
+        const data = SmtpCommand.encode(SmtpCommand.data).pipe(Either.getOrThrow)
+        yield* command(data, "DATA", {
+          read: true,
+          verb: "DATA",
+          phase: "dataStart",
+          mayHaveBeenDelivered: false,
+          transaction,
+          handle: (reply) => Effect.sync(() => void (transaction.dataReply = reply))
+        })
+        yield* readFor(transaction)
+        const refused = refusedEnvelope(transaction, false)
+        const go = transaction.dataReply!
+        if (refused !== undefined || go.code !== 354) {
+          if (go.code === 354) {
+            // A server that says 354 although nothing can be delivered gets an empty message, never the body.
+            yield* command(END_OF_DATA, ".", ignoredDue("DATA", "dataEnd"))
+          } else {
+            yield* session.check(go, "DATA", (r) => !SmtpReply.isServiceClosing(r))
+            if (transaction.mailError === undefined) resetPending = true
+          }
+          return yield* fail(transaction, refused ?? SmtpReply.toError(go, "DATA"))
+        }
+        const sent = yield* Effect.either(dataBody(plan))
+        if (Either.isLeft(sent)) {
+          if (sent.left instanceof SessionFailure) return yield* Effect.fail(sent.left.error)
+          // A started DATA cannot be taken back: closing the connection is the only way the server drops it.
+          yield* session.breakConnection("a failure of the message body")
+          yield* fail(transaction, sent.left)
+          return yield* session.broken()!
+        }
+        yield* session.record(`<message body, ${sent.right} octets, then .>`)
+        due.push({
+          read: true,
+          verb: "DATA",
+          phase: "dataEnd",
+          mayHaveBeenDelivered: true,
+          transaction,
+          handle: (reply) => endOfData(transaction, "DATA", reply)
+        })
+      })
+
+    const bdatDue = (transaction: Transaction, last: boolean): Due => ({
+      read: true,
+      verb: "BDAT",
+      phase: last ? "dataEnd" : "dataBlock",
+      mayHaveBeenDelivered: last,
+      transaction,
+      handle: (reply) => {
+        if (last) return endOfData(transaction, "BDAT", reply)
+        if (SmtpReply.isPositiveCompletion(reply)) return Effect.void
+        return Effect.map(refusal(reply, "BDAT"), (error) => void (transaction.chunkError ??= error))
+      }
+    })
+
+    const sendBdat = (transaction: Transaction, plan: Plan<E, R>) =>
+      Effect.gen(function*() {
+        const chunk = (size: number, last: boolean, data: ReadonlyArray<Uint8Array>) =>
+          Effect.gen(function*() {
+            const header = SmtpCommand.encode(SmtpCommand.bdat(size, last)).pipe(Either.getOrThrow)
+            yield* command(header, `BDAT ${size}${last ? " LAST" : ""} <${size} octets>`, bdatDue(transaction, last))
+            for (const piece of data) yield* queue(piece)
+            if (!plan.pipelining) return yield* readFor(transaction)
+            // A long message: read its chunks' replies as they come, so that a refusal stops it early.
+            while (due.filter((d) => d.transaction === transaction).length > BDAT_REPLIES_AHEAD) yield* readOne
+          })
+        const octets = (data: ReadonlyArray<Uint8Array>) => data.reduce((n, c) => n + c.length, 0)
+        if (plan.body._tag === "Encoded") return yield* chunk(octets(plan.body.chunks), true, plan.body.chunks)
+        const encoder = BdatEncoder.make({ allowLongLines: plan.allowLongLines, binary: plan.binary })
+        const sevenBitOnly = plan.body.sevenBitOnly
+        const sent = yield* Effect.either(
+          Stream.runForEach(plan.body.stream, (bytes) =>
+            Effect.gen(function*() {
+              yield* checkSevenBit(sevenBitOnly, bytes)
+              for (const piece of yield* encoder.push(bytes)) {
+                // RFC 3030 §2: after a refused chunk, no more chunks; the rest of the body is read and dropped.
+                if (transaction.chunkError === undefined) {
+                  yield* asSessionFailure(chunk(octets(piece.data), false, piece.data))
+                }
+              }
+            }))
+        )
+        if (Either.isLeft(sent)) {
+          if (sent.left instanceof SessionFailure) return yield* Effect.fail(sent.left.error)
+          // Between two chunks: RSET drops what was sent of this message (RFC 3030 §2), and the session goes on.
+          yield* queueReset
+          yield* readFor(transaction)
+          return yield* fail(transaction, sent.left)
+        }
+        const last = encoder.end()
+        if (Either.isLeft(last)) {
+          yield* queueReset
+          yield* readFor(transaction)
+          return yield* fail(transaction, last.left)
+        }
+        yield* chunk(octets(last.right.data), true, last.right.data)
+      })
+
+    const runOne = (submission: SmtpConnection.Submission<E, R>) =>
+      Effect.gen(function*() {
+        const merged = { ...options, ...submission.options }
+        const planned = plan(
+          submission.envelope,
+          submission.body,
+          merged,
+          session.capabilities(),
+          yield* session.secure
+        )
+        if (Either.isLeft(planned)) {
+          // Nothing of it was sent; its result still comes out in order.
+          if (open.length === 0) return yield* emit(Either.left(planned.left))
+          const placeholder = newTransaction("DATA")
+          open.push(placeholder)
+          due.push({
+            read: false,
+            verb: "",
+            phase: "command",
+            mayHaveBeenDelivered: false,
+            transaction: placeholder,
+            handle: () => fail(placeholder, planned.left)
+          })
+          return
+        }
+        const p = planned.right
+        const transaction = newTransaction(p.method)
+        if (!p.pipelining) yield* readAll
+        open.push(transaction)
+        if (resetPending) {
+          resetPending = false
+          yield* queueReset
+        }
+        yield* command(p.mail, p.mailLine, mailDue(transaction))
+        if (!p.pipelining) yield* readFor(transaction)
+        for (const r of p.recipients) {
+          yield* command(r.bytes, r.line, rcptDue(transaction, r.recipient))
+          if (!p.pipelining) yield* readFor(transaction)
+        }
+        if (p.allOrNothing || !p.pipelining) {
+          // Decide on the envelope before any data goes: one round trip more under all-or-nothing.
+          yield* readFor(transaction)
+          const refused = refusedEnvelope(transaction, p.allOrNothing)
+          if (refused !== undefined) {
+            if (transaction.mailError === undefined) yield* queueReset
+            return yield* fail(transaction, refused)
+          }
+        }
+        if (p.method === "DATA") yield* sendData(transaction, p)
+        else yield* sendBdat(transaction, p)
+        // A window of transactions in flight (BDAT), then wait for the oldest.
+        while (open.length >= window) yield* readOne
+      })
+
+    const newTransaction = (method: "DATA" | "BDAT"): Transaction => ({
+      method,
+      accepted: [],
+      rejected: [],
+      mailError: undefined,
+      dataReply: undefined,
+      chunkError: undefined,
+      flushes: new Set(),
+      done: false
+    })
+
+    /** After a failure that ends the session: every message not yet answered fails, in order. */
+    const failOpen = (error: SmtpConnection.SendError) =>
+      Effect.gen(function*() {
+        due.length = 0
+        out = []
+        for (const transaction of [...open]) yield* fail(transaction, error)
+      })
+
+    const guarded = (effect: Effect.Effect<void, Fatal | E, R>) =>
+      Effect.catchAll(effect, (error) =>
+        Effect.gen(function*() {
+          const tag = (error as { readonly _tag?: string })._tag
+          if (tag === "NetworkError" || tag === "TimeoutError" || tag === "SmtpProtocolError") {
+            yield* session.breakConnection(`a ${tag}`)
+          }
+          yield* failOpen(error as SmtpConnection.SendError)
+        }))
+
+    while (true) {
+      const next = yield* source
+      if (Option.isNone(next)) break
+      for (const submission of next.value) {
+        const broken = session.broken()
+        if (broken !== undefined) {
+          yield* emit(Either.left(broken))
+          continue
+        }
+        yield* guarded(runOne(submission))
+      }
+      // Before waiting for more input, everything sent is answered: no result waits on the next message.
+      if (session.broken() === undefined) yield* guarded(readAll)
+    }
+    if (session.broken() === undefined && resetPending) {
+      resetPending = false
+      yield* guarded(Effect.zipRight(queueReset, readAll))
+    }
+  })
+
+const isStream = <A, R>(u: Iterable<A> | Stream.Stream<A, never, R>): u is Stream.Stream<A, never, R> =>
+  Predicate.hasProperty(u, Stream.StreamTypeId)
+
+/** A source of submissions from an iterable (one batch) or a stream (a batch per chunk), for `run`. */
+export const source = <E, R, R2>(
+  submissions: Iterable<SmtpConnection.Submission<E, R>> | Stream.Stream<SmtpConnection.Submission<E, R>, never, R2>
+) =>
+  isStream(submissions)
+    ? Effect.map(
+      Stream.toPull(submissions),
+      (pull) =>
+        pull.pipe(
+          Effect.map((chunk) => Option.some(Chunk.toReadonlyArray(chunk))),
+          Effect.catchAll(() => Effect.succeed(Option.none()))
+        )
+    )
+    : Effect.sync(() => {
+      let given = false
+      return Effect.sync(() => {
+        if (given) return Option.none()
+        given = true
+        return Option.some(Array.from(submissions))
+      })
+    })
