@@ -31,6 +31,11 @@ export * as Mailbox from "./Mailbox.js"
 /**
  * @since 0.1.0
  */
+export * as Message from "./Message.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as SmtpAuth from "./SmtpAuth.js"
 
 /**
