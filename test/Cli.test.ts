@@ -188,6 +188,7 @@ describe("effect-smtp against a plain smtp-server", () => {
     expect(linesOf(stdout)).toEqual([
       `Sent to 127.0.0.1:${server.port}: 1 of 1 recipient accepted`,
       "  Server: 250 2.0.0 Ok: queued as TEST",
+      "  Sent with DATA in 2 round trips",
       "  Accepted: file@example.org"
     ])
     const got = receivedBy("file@example.org")
@@ -207,6 +208,9 @@ describe("effect-smtp against a plain smtp-server", () => {
       accepted: ["stdin@example.org"],
       rejected: [{ recipient: "reject5-x@example.org", code: 550, enhancedCode: "5.1.1", message: "No such user" }],
       response: { code: 250, enhancedCode: "2.0.0", text: "Ok: queued as TEST" },
+      // MAIL, both RCPTs and DATA in one write (PIPELINING), then the body.
+      method: "DATA",
+      roundTrips: 2,
       authenticated: null
     })
     const got = receivedBy("stdin@example.org")
@@ -573,6 +577,7 @@ describe("effect-smtp signs in", () => {
     expect(linesOf(outcome.stdout)).toEqual([
       `Sent to 127.0.0.1:${server.port}: 1 of 1 recipient accepted`,
       "  Server: 250 2.0.0 Ok: queued as TEST",
+      "  Sent with DATA in 2 round trips",
       "  Signed in: as alice with CRAM-MD5",
       "  Accepted: url@example.org"
     ])

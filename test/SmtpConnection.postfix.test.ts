@@ -1,6 +1,9 @@
 import { describe, expect, layer } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import { execFile } from "node:child_process"
+import { mkdtempSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as path from "node:path"
 import { promisify } from "node:util"
 import * as Capabilities from "../src/Capabilities.js"
 import * as SmtpCommand from "../src/SmtpCommand.js"
@@ -191,6 +194,23 @@ describe.skipIf(!available)("SmtpConnection against Postfix", () => {
           "--json"
         ])
         expect(refused.code).toBe(69)
+        // Postfix offers CHUNKING: MAIL, RCPT and BDAT LAST leave in one write, one round trip.
+        const file = path.join(mkdtempSync(path.join(tmpdir(), "effect-smtp-cli-")), "message.eml")
+        writeFileSync(file, "Subject: via the CLI\r\n\r\nhello\r\n")
+        const sent = yield* cli([
+          "send",
+          `smtp://127.0.0.1:${server.ports.plain}`,
+          "--from",
+          "sender@example.org",
+          "--to",
+          "rcpt@example.org",
+          "--file",
+          file,
+          "--json"
+        ])
+        expect(sent.code).toBe(0)
+        const sentReport = JSON.parse(sent.stdout) as { method: string; roundTrips: number; accepted: Array<string> }
+        expect(sentReport).toMatchObject({ method: "BDAT", roundTrips: 1, accepted: ["rcpt@example.org"] })
       }))
   })
 })

@@ -93,6 +93,7 @@ export const exitCodeOf = (error: unknown): number => {
       case "SmtpPermanentError":
       case "TlsError":
       case "SmtpAuthError":
+      case "SmtpCapabilityError":
         return ExitCode.unavailable
       case "SmtpTransientError":
       case "NetworkError":
@@ -601,6 +602,8 @@ export const sendJson = (result: SmtpConnection.SendResult, authenticated: strin
     message: entry.error.lines.join("\n")
   })),
   response: replyJson(result.response),
+  method: result.method,
+  roundTrips: result.roundTrips,
   authenticated: authenticated ?? null
 })
 
@@ -616,7 +619,8 @@ export const sendText = (
   const total = result.accepted.length + result.rejected.length
   const lines = [
     `Sent to ${where(settings)}: ${result.accepted.length} of ${total} recipient${total === 1 ? "" : "s"} accepted`,
-    `  Server: ${replyLine(result.response.code, result.response.enhancedCode, result.response.lines)}`
+    `  Server: ${replyLine(result.response.code, result.response.enhancedCode, result.response.lines)}`,
+    `  Sent with ${result.method} in ${result.roundTrips} round trip${result.roundTrips === 1 ? "" : "s"}`
   ]
   if (authenticated !== undefined) {
     lines.push(`  Signed in: as ${authenticated.user} with ${authenticated.mechanism}`)
