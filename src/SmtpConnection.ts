@@ -5,8 +5,10 @@
  *
  * @since 0.1.0
  */
+import type { PlatformError } from "@effect/platform/Error"
+import * as FileSystem from "@effect/platform/FileSystem"
 import type * as Duration from "effect/Duration"
-import type * as Effect from "effect/Effect"
+import * as Effect from "effect/Effect"
 import type * as Either from "effect/Either"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
@@ -431,3 +433,23 @@ export type ConnectError = ReplyError | TlsError | InvalidInputError | SmtpAuthE
  */
 export const make: (options: Options) => Effect.Effect<SmtpConnection, ConnectError, Scope.Scope | SmtpTransport> =
   internal.make
+
+/**
+ * A file as a message body: streamed through `@effect/platform`'s `FileSystem` in 64 KiB chunks (constant memory,
+ * with backpressure), with its size for SIZE: `send(envelope, file.body, { size: file.size })`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fileBody = (
+  path: string
+): Effect.Effect<
+  { readonly body: Stream.Stream<Uint8Array, PlatformError>; readonly size: number },
+  PlatformError,
+  FileSystem.FileSystem
+> =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) =>
+    Effect.map(fs.stat(path), (info) => ({
+      body: fs.stream(path, { chunkSize: FileSystem.KiB(64) }),
+      size: Number(info.size)
+    })))

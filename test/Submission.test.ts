@@ -3,15 +3,20 @@
  * anything would wait forever for a client that does not pipeline), every reply checked, per-recipient results,
  * LMTP, the extensions, and what never reaches the wire.
  */
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import { describe, expect, it } from "@effect/vitest"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Stream from "effect/Stream"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import * as SmtpConnection from "../src/SmtpConnection.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
 import type { ScriptedSession } from "./support/scriptedServer.js"
 import { answerEhlo, ClientClosedError, greet, scriptedServer, serveTransaction } from "./support/scriptedServer.js"
+import { smtpServer } from "./support/smtpServer.js"
 
 const connect = (port: number, options: Partial<SmtpConnection.Options> = {}) =>
   SmtpConnection.make({
@@ -554,4 +559,39 @@ describe("extensions", () => {
       expect(refused._tag).toBe("InvalidInputError")
       expect(commandsAfterEhlo(server.transcripts()[0]!)).toEqual([])
     }))
+})
+
+describe("bodies", () => {
+  it.scopedLive(
+    "a file streams through FileSystem with its size declared, and arrives byte-exact",
+    () =>
+      Effect.gen(function*() {
+        const dir = yield* Effect.acquireRelease(
+          Effect.sync(() => mkdtempSync(join(tmpdir(), "effect-smtp-file-"))),
+          (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+        )
+        const path = join(dir, "message.eml")
+        const line = (i: number) => `${i % 7 === 0 ? "." : ""}line ${i} ${"x".repeat(60)}\r\n`
+        const content = "Subject: a file\r\n\r\n" + Array.from({ length: 100_000 }, (_, i) => line(i)).join("")
+        writeFileSync(path, content)
+        const declared: Array<unknown> = []
+        const server = yield* smtpServer({
+          size: 50_000_000,
+          onMailFrom(address, _session, callback) {
+            declared.push(address.args)
+            callback()
+          }
+        })
+        const result = yield* Effect.scoped(Effect.gen(function*() {
+          const c = yield* connect(server.port)
+          const file = yield* SmtpConnection.fileBody(path)
+          return yield* c.send({ from: "a@example.org", to: ["b@example.org"] }, file.body, { size: file.size })
+        })).pipe(Effect.provide(NodeFileSystem.layer))
+        expect(result.response.code).toBe(250)
+        // Its content is not known in advance: declared 8BITMIME, which the server offers.
+      expect(declared).toEqual([{ SIZE: String(Buffer.byteLength(content)), BODY: "8BITMIME" }])
+        expect(server.received[0]!.bytes.equals(Buffer.from(content))).toBe(true)
+      }),
+    60_000
+  )
 })
