@@ -221,8 +221,9 @@ export interface SendOptions {
   /** Let lines over 998 octets through. Default false: such a body fails with an `InvalidInputError`. */
   readonly allowLongLines?: boolean | undefined
   /**
-   * The body's type. Default: worked out for a body in memory (8BITMIME when it has 8-bit octets); a streamed body
-   * is declared 8BITMIME when the server offers it, and fails midway on an 8-bit octet when it does not. BINARYMIME
+   * The body's type. Default: worked out for a body in memory (BINARYMIME when it has NUL octets or lines over 998
+   * octets and the server offers BINARYMIME with CHUNKING, 8BITMIME when it has 8-bit octets); a streamed body is
+   * declared 8BITMIME when the server offers it, and fails midway on an 8-bit octet when it does not. BINARYMIME
    * (sent as is, never canonicalized) needs BINARYMIME and CHUNKING.
    */
   readonly bodyType?: SmtpCommand.BodyType | undefined

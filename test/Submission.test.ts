@@ -547,6 +547,33 @@ describe("extensions", () => {
       expect(refused._tag === "SmtpCapabilityError" && refused.capability).toBe("BINARYMIME")
     }))
 
+  it.scopedLive("a body only BINARYMIME can carry (NUL octets, a line over 998) goes as BINARYMIME when offered", () =>
+    Effect.gen(function*() {
+      const binary = yield* recording(["PIPELINING", "CHUNKING", "BINARYMIME", "8BITMIME"])
+      const textOnly = yield* recording(["PIPELINING", "CHUNKING", "8BITMIME"])
+      const withNul = "Subject: nul\r\n\r\na\u0000b\r\n"
+      const longLine = `Subject: long\r\n\r\n${"y".repeat(1200)}\r\n`
+      yield* Effect.scoped(Effect.flatMap(connect(binary.port), (c) =>
+        Effect.zipRight(
+          c.send({ from: "a@example.org", to: ["b@example.org"] }, withNul),
+          c.send({ from: "a@example.org", to: ["c@example.org"] }, longLine)
+        )))
+      const refused = yield* Effect.scoped(
+        Effect.flatMap(
+          connect(textOnly.port),
+          (c) => Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, withNul))
+        )
+      )
+      const mails = commandsAfterEhlo(binary.transcripts()[0]!).filter((line) => line.startsWith("MAIL"))
+      expect(mails).toEqual([
+        expect.stringMatching(/^MAIL FROM:<a@example.org> BODY=BINARYMIME/),
+        expect.stringMatching(/^MAIL FROM:<a@example.org> BODY=BINARYMIME/)
+      ])
+      expect(binary.transcripts()[0]).toContain(`${"y".repeat(1200)}\r\n`)
+      expect(refused._tag === "SmtpCapabilityError" && refused.capability).toBe("BINARYMIME")
+      expect(commandsAfterEhlo(textOnly.transcripts()[0]!)).toEqual([])
+    }))
+
   it.scopedLive("a line over 998 octets in a body in memory fails before anything is sent", () =>
     Effect.gen(function*() {
       const server = yield* recording(["PIPELINING"])
@@ -589,7 +616,7 @@ describe("bodies", () => {
         })).pipe(Effect.provide(NodeFileSystem.layer))
         expect(result.response.code).toBe(250)
         // Its content is not known in advance: declared 8BITMIME, which the server offers.
-      expect(declared).toEqual([{ SIZE: String(Buffer.byteLength(content)), BODY: "8BITMIME" }])
+        expect(declared).toEqual([{ SIZE: String(Buffer.byteLength(content)), BODY: "8BITMIME" }])
         expect(server.received[0]!.bytes.equals(Buffer.from(content))).toBe(true)
       }),
     60_000

@@ -186,13 +186,31 @@ export const plan = <E, R>(
         ? Either.right(Mailbox.format(address.mailbox))
         : Either.map(Mailbox.toAscii(address.mailbox, field), Mailbox.format)
 
-    // BODY (RFC 6152, RFC 3030): as declared, else 8BITMIME when the content is 8-bit or unknown and it is offered.
-    const declared = mailParameters.body ?? options.bodyType
+    // BODY (RFC 6152, RFC 3030): as declared; else BINARYMIME for a body that only it can carry (NUL octets, or lines
+    // over 998 octets) when the server offers it, else 8BITMIME when the content is 8-bit, or unknown and offered.
+    const allowLongLines = options.allowLongLines ?? false
+    const binaryOffered = Capabilities.binaryMime(capabilities) && Capabilities.chunking(capabilities)
+    let declared = mailParameters.body ?? options.bodyType
+    const hasNul = inMemory !== undefined &&
+      Buffer.from(inMemory.buffer, inMemory.byteOffset, inMemory.byteLength).indexOf(0) >= 0
+    /** The body as text for BDAT, when it was encoded to find out whether it needs BINARYMIME. */
+    let asText: ReadonlyArray<Uint8Array> | undefined
+    if (declared === undefined && inMemory !== undefined && binaryOffered && options.chunking !== false) {
+      const text = hasNul ? undefined : encodeAll(inMemory, "BDAT", false, allowLongLines)
+      if (text === undefined || Either.isLeft(text)) declared = "BINARYMIME"
+      else asText = text.right
+    }
     const binary = declared === "BINARYMIME"
-    if (binary && !(Capabilities.binaryMime(capabilities) && Capabilities.chunking(capabilities))) {
+    if (binary && !binaryOffered) {
       return yield* capabilityError(
         "BINARYMIME",
         "the body is binary and the server does not offer BINARYMIME with CHUNKING"
+      )
+    }
+    if (declared === undefined && hasNul) {
+      return yield* capabilityError(
+        "BINARYMIME",
+        "the body has NUL octets, which only BINARYMIME can carry, and the server does not offer it with CHUNKING"
       )
     }
     if (declared === "8BITMIME" && !Capabilities.eightBitMime(capabilities)) {
@@ -218,9 +236,12 @@ export const plan = <E, R>(
     }
 
     const method = binary || (options.chunking !== false && Capabilities.chunking(capabilities)) ? "BDAT" : "DATA"
-    const allowLongLines = options.allowLongLines ?? false
     const prepared: PreparedBody<E, R> = inMemory !== undefined
-      ? { _tag: "Encoded", chunks: yield* encodeAll(inMemory, method, binary, allowLongLines), octets: inMemory.length }
+      ? {
+        _tag: "Encoded",
+        chunks: asText ?? (yield* encodeAll(inMemory, method, binary, allowLongLines)),
+        octets: inMemory.length
+      }
       : {
         _tag: "Streamed",
         stream: body as Stream.Stream<Uint8Array, E, R>,
