@@ -31,6 +31,11 @@ export class NetworkError extends Data.TaggedError("NetworkError")<{
   /** The errno code (`ECONNREFUSED`, `ECONNRESET`, …) when the system gave one. */
   readonly code?: string | undefined
   readonly cause?: unknown
+  /**
+   * True when the connection failed after the whole message was sent, before its reply: the server may have
+   * accepted it, so a retry may deliver it twice.
+   */
+  readonly mayHaveBeenDelivered?: boolean | undefined
 }> {
   /**
    * @since 0.1.0
@@ -42,7 +47,8 @@ export class NetworkError extends Data.TaggedError("NetworkError")<{
   override get message(): string {
     const code = this.code === undefined ? "" : ` (${this.code})`
     const cause = this.cause instanceof Error ? `: ${this.cause.message}` : ""
-    return `Network failure during ${this.operation}${code}${cause}`
+    const delivered = this.mayHaveBeenDelivered === true ? "; the message may have been delivered" : ""
+    return `Network failure during ${this.operation}${code}${cause}${delivered}`
   }
 }
 

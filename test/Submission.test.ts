@@ -291,6 +291,55 @@ describe("many messages on one connection", () => {
     }))
 })
 
+describe("what a failure says about delivery", () => {
+  it.scopedLive("a connection dropped after the end of data: the message may have been delivered", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session, ["PIPELINING"])
+        await readGroup(session, 3)
+        await session.write("250 Ok\r\n250 Ok\r\n354 Go\r\n")
+        await session.readData()
+        session.drop()
+      })
+      const error = yield* Effect.scoped(
+        Effect.flatMap(
+          connect(server.port),
+          (c) => Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, "x"))
+        )
+      )
+      expect(error._tag === "NetworkError" && error.mayHaveBeenDelivered).toBe(true)
+      expect(error.message).toContain("may have been delivered")
+    }))
+
+  it.scopedLive("in a BDAT window, a drop flags only the messages whose data was all written", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session, ["PIPELINING", "CHUNKING"])
+        for (let k = 0; k < 2; k++) {
+          const [, , bdat] = await readGroup(session, 3)
+          await session.readBytes(Number(/^BDAT (\d+) LAST$/.exec(bdat!)![1]))
+        }
+        session.drop()
+      })
+      const results = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
+        Stream.runCollect(c.sendAll(
+          Array.from({ length: 3 }, (_, i) => ({
+            envelope: { from: "a@example.org", to: [`r${i}@example.org`] },
+            body: `m${i}`
+          })),
+          { window: 2 }
+        ))))
+      const flags = Chunk.toReadonlyArray(results).map(Either.match({
+        onLeft: (error) => error._tag === "NetworkError" ? error.mayHaveBeenDelivered === true : error._tag,
+        onRight: () => "sent"
+      }))
+      // The third never left: the window was full until the drop.
+      expect(flags).toEqual([true, true, false])
+    }))
+})
+
 describe("BDAT (RFC 3030)", () => {
   it.scopedLive("MAIL, RCPT and BDAT LAST leave together: one round trip", () =>
     Effect.gen(function*() {

@@ -22,13 +22,14 @@ import * as DataEncoder from "../DataEncoder.js"
 import * as Mailbox from "../Mailbox.js"
 import * as SmtpCommand from "../SmtpCommand.js"
 import type * as SmtpConnection from "../SmtpConnection.js"
-import type { NetworkError, TimeoutError } from "../SmtpError.js"
 import {
   InvalidInputError,
+  NetworkError,
   SmtpCapabilityError,
   type SmtpPermanentError,
   type SmtpProtocolError,
-  type SmtpTransientError
+  type SmtpTransientError,
+  TimeoutError
 } from "../SmtpError.js"
 import * as SmtpReply from "../SmtpReply.js"
 
@@ -298,6 +299,10 @@ interface Transaction {
   chunkError: RefusalError | undefined
   /** The flushes whose replies this message waited for: its round trips. */
   readonly flushes: Set<number>
+  /** The end of its data (`.` or the last BDAT) is in the output buffer, or was written. */
+  endQueued: boolean
+  /** The end of its data was written: from here on the server may have accepted it. */
+  endSent: boolean
   /** Set once the result is out. */
   done: boolean
 }
@@ -343,7 +348,9 @@ export const run = <E, R, R2>(
       out = []
       outBytes = 0
       flushes++
-      return session.write(chunks)
+      return Effect.tap(session.write(chunks), () => {
+        for (const transaction of open) if (transaction.endQueued) transaction.endSent = true
+      })
     })
     const queue = (bytes: Uint8Array) =>
       Effect.suspend(() => {
@@ -560,6 +567,7 @@ export const run = <E, R, R2>(
           return yield* session.broken()!
         }
         yield* session.record(`<message body, ${sent.right} octets, then .>`)
+        transaction.endQueued = true
         due.push({
           read: true,
           verb: "DATA",
@@ -589,6 +597,7 @@ export const run = <E, R, R2>(
           Effect.gen(function*() {
             const header = SmtpCommand.encode(SmtpCommand.bdat(size, last)).pipe(Either.getOrThrow)
             yield* command(header, `BDAT ${size}${last ? " LAST" : ""} <${size} octets>`, bdatDue(transaction, last))
+            if (last) transaction.endQueued = true
             for (const piece of data) yield* queue(piece)
             if (!plan.pipelining) return yield* readFor(transaction)
             // A long message: read its chunks' replies as they come, so that a refusal stops it early.
@@ -688,15 +697,20 @@ export const run = <E, R, R2>(
       dataReply: undefined,
       chunkError: undefined,
       flushes: new Set(),
+      endQueued: false,
+      endSent: false,
       done: false
     })
 
-    /** After a failure that ends the session: every message not yet answered fails, in order. */
+    /**
+     * After a failure that ends the session: every message not yet answered fails, in order, and says whether the
+     * server may have taken it (its whole data had been written).
+     */
     const failOpen = (error: SmtpConnection.SendError) =>
       Effect.gen(function*() {
         due.length = 0
         out = []
-        for (const transaction of [...open]) yield* fail(transaction, error)
+        for (const transaction of [...open]) yield* fail(transaction, deliveredOrNot(error, transaction.endSent))
       })
 
     const guarded = (effect: Effect.Effect<void, Fatal | E, R>) =>
@@ -728,6 +742,17 @@ export const run = <E, R, R2>(
       yield* guarded(Effect.zipRight(queueReset, readAll))
     }
   })
+
+/** A connection failure as seen by one message: flagged when the message may have been delivered, or not. */
+const deliveredOrNot = (error: SmtpConnection.SendError, endSent: boolean): SmtpConnection.SendError => {
+  if (error._tag === "NetworkError" && (error.mayHaveBeenDelivered === true) !== endSent) {
+    return new NetworkError({ ...error, mayHaveBeenDelivered: endSent })
+  }
+  if (error._tag === "TimeoutError" && error.mayHaveBeenDelivered !== endSent) {
+    return new TimeoutError({ ...error, mayHaveBeenDelivered: endSent })
+  }
+  return error
+}
 
 const isStream = <A, R>(u: Iterable<A> | Stream.Stream<A, never, R>): u is Stream.Stream<A, never, R> =>
   Predicate.hasProperty(u, Stream.StreamTypeId)
