@@ -19,6 +19,8 @@ import {
   startPostfix
 } from "./support/postfix.js"
 import { requireServer } from "./support/servers.js"
+import { connectionRefused, conversation } from "./support/smtpConversation.js"
+import type { Say, SmtpConversation } from "./support/smtpConversation.js"
 
 const aiosmtpdAvailable = requireServer("aiosmtpd", aiosmtpdBinaries, aiosmtpdInstall)
 const dovecotAvailable = requireServer("Postfix with Dovecot SASL", dovecotBinaries, dovecotInstall)
@@ -29,61 +31,6 @@ const password = "correct horse battery staple"
 const unicodeUser = "jörg@example.org"
 const unicodePassword = "pässwörd ünd mehr"
 
-type Say = (line?: string) => Promise<string>
-
-interface Conversation {
-  readonly socket: net.Socket
-  /** Sends `line` (if any) and resolves with the next whole reply. */
-  readonly say: Say
-  /** Stops reading, so that the socket can be handed over (to STARTTLS). */
-  readonly detach: () => void
-}
-
-/** A bare SMTP conversation over a socket. */
-const conversation = (socket: net.Socket): Conversation => {
-  let buffer = ""
-  let failure: Error | undefined
-  let wake = () => {}
-  const onData = (chunk: Buffer) => {
-    buffer += chunk.toString("utf8")
-    wake()
-  }
-  const onError = (error: Error) => {
-    failure = error
-    wake()
-  }
-  const onClose = () => {
-    failure ??= new Error(`connection closed; unread: ${buffer}`)
-    wake()
-  }
-  const onTimeout = () => socket.destroy(new Error("no reply within 5 s"))
-  socket.setTimeout(5_000, onTimeout)
-  socket.on("data", onData).on("error", onError).on("close", onClose)
-  const nextReply = () =>
-    new Promise<string>((resolve, reject) => {
-      const check = () => {
-        const reply = /^(?:\d{3}-[^\r\n]*\r\n)*\d{3}(?: [^\r\n]*)?\r\n/.exec(buffer)?.[0]
-        if (reply !== undefined) {
-          buffer = buffer.slice(reply.length)
-          resolve(reply)
-        } else if (failure) reject(failure)
-        else wake = check
-      }
-      check()
-    })
-  return {
-    socket,
-    say: (line) => {
-      if (line !== undefined) socket.write(`${line}\r\n`)
-      return nextReply()
-    },
-    detach: () => {
-      socket.setTimeout(0)
-      socket.off("data", onData).off("error", onError).off("close", onClose).off("timeout", onTimeout)
-    }
-  }
-}
-
 /** Opens a conversation in the scope (the socket is destroyed when it closes) and reads the greeting. */
 const open = (port: number, host = "127.0.0.1") =>
   Effect.acquireRelease(
@@ -92,7 +39,7 @@ const open = (port: number, host = "127.0.0.1") =>
   ).pipe(Effect.flatMap((c) => Effect.promise(() => c.say()).pipe(Effect.map((greeting) => ({ ...c, greeting })))))
 
 /** Says STARTTLS, upgrades the socket with `ca` as the only trusted CA, and goes on over TLS. */
-const startTls = (plain: Conversation, ca: string) =>
+const startTls = (plain: SmtpConversation, ca: string) =>
   Effect.gen(function*() {
     expect(yield* Effect.promise(() => plain.say("STARTTLS"))).toMatch(/^220 /)
     plain.detach()
@@ -280,13 +227,7 @@ describe.skipIf(!aiosmtpdAvailable)("aiosmtpd test harness", () => {
     Effect.gen(function*() {
       const server = yield* Effect.scoped(startAiosmtpd({ user, password }))
       expect(fs.existsSync(server.directory)).toBe(false)
-      const refused = yield* Effect.promise(() =>
-        new Promise<boolean>((resolve) => {
-          const socket = net.connect(server.port, server.host)
-          socket.on("connect", () => resolve(false)).on("error", () => resolve(true))
-        })
-      )
-      expect(refused).toBe(true)
+      expect(yield* connectionRefused(server.port, server.host)).toBe(true)
     }))
 })
 

@@ -2,59 +2,13 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as net from "node:net"
-import * as tls from "node:tls"
 import { eximBinaries, eximGreeting, eximInstall, EximServer, startExim } from "./support/exim.js"
 import type { EximMessage } from "./support/exim.js"
 import { requireServer } from "./support/servers.js"
+import { connectionRefused, conversation, expectEveryPort } from "./support/smtpConversation.js"
 
 const available = requireServer("Exim", eximBinaries, eximInstall)
 const extensions = ["PIPELINING", "8BITMIME", "SMTPUTF8", "CHUNKING", "DSN", "SIZE"]
-
-/**
- * A bare SMTP conversation over a socket: `say` sends a line (if any) and resolves with the next whole reply; `send`
- * writes bytes as they are and resolves with the next `count` replies (for pipelined commands and BDAT chunks).
- */
-const conversation = (socket: net.Socket) => {
-  let buffer = ""
-  let failure: Error | undefined
-  let wake = () => {}
-  socket.setTimeout(5_000, () => socket.destroy(new Error("no reply within 5 s")))
-  socket.on("data", (chunk: Buffer) => {
-    buffer += chunk.toString("utf8")
-    wake()
-  })
-  socket.on("error", (error) => {
-    failure = error
-    wake()
-  })
-  socket.on("close", () => {
-    failure ??= new Error(`connection closed; unread: ${buffer}`)
-    wake()
-  })
-  const nextReply = () =>
-    new Promise<string>((resolve, reject) => {
-      const check = () => {
-        const reply = /^(?:\d{3}-[^\r\n]*\r\n)*\d{3}(?: [^\r\n]*)?\r\n/.exec(buffer)?.[0]
-        if (reply !== undefined) {
-          buffer = buffer.slice(reply.length)
-          resolve(reply)
-        } else if (failure) reject(failure)
-        else wake = check
-      }
-      check()
-    })
-  const say = (line?: string) => {
-    if (line !== undefined) socket.write(`${line}\r\n`)
-    return nextReply()
-  }
-  const send = async (bytes: string, count: number) => {
-    socket.write(bytes)
-    const replies: Array<string> = []
-    for (let i = 0; i < count; i++) replies.push(await nextReply())
-    return replies
-  }
-  return { say, send }
-}
 
 /** The message as received: without Exim's `Return-path`, `Envelope-to` and (folded) `Received`, in this order. */
 const withoutAddedHeaders = (message: EximMessage): string => {
@@ -84,58 +38,44 @@ describe.skipIf(!available)("Exim test harness", () => {
   it.scopedLive("greets on every port, advertises the extensions, delivers DATA and BDAT to example.org only", () =>
     Effect.gen(function*() {
       const server = yield* EximServer
-      const { host, ports } = server
-      const sockets = {
-        plain: () => net.connect(ports.plain, host),
-        starttls: () => net.connect(ports.starttls, host),
-        smtps: () => tls.connect({ host, port: ports.smtps, ca: server.certificatePem, servername: server.servername })
-      }
-      for (const [name, open] of Object.entries(sockets)) {
-        const socket = open()
-        const { say, send } = conversation(socket)
-        expect(yield* Effect.promise(() => say())).toBe(`${eximGreeting}\r\n`)
-        const ehlo = yield* Effect.promise(() => say("EHLO client.example.org"))
-        expect(ehlo).toMatch(/^250-localhost Hello client\.example\.org \[127\.0\.0\.1\]\r\n/)
-        for (const keyword of extensions) {
-          expect(ehlo).toMatch(new RegExp(`^250[ -]${keyword}\\b`, "m"))
-        }
-        expect(ehlo).toMatch(/^250[ -]SIZE 52428800\r\n/m)
-        expect(ehlo.includes("STARTTLS"), name).toBe(name === "starttls")
-        if (name === "plain") {
-          const replies = yield* Effect.promise(async () => [
-            await say("MAIL FROM:<a@example.org> SMTPUTF8"),
-            await say("RCPT TO:<b@example.org>"),
-            await say("RCPT TO:<jörg@example.org>"),
-            await say("RCPT TO:<reject5@example.org>"),
-            await say("RCPT TO:<reject4@example.org>"),
-            await say("RCPT TO:<x@elsewhere.test>"),
-            await say("DATA"),
-            await say(`${dotStuffed(dataMessage)}.`)
-          ])
-          expect(replies.map((reply) => reply.slice(0, 3))).toEqual([
-            "250",
-            "250",
-            "250",
-            "550",
-            "451",
-            "550",
-            "354",
-            "250"
-          ])
-          expect(replies[3]).toMatch(/^550 5\.1\.1 <reject5@example\.org>/)
-          expect(replies[4]).toMatch(/^451 4\.2\.1 <reject4@example\.org>/)
-          expect(replies[5]).toMatch(/^550 5\.7\.1 <x@elsewhere\.test>/)
-          // MAIL, RCPT and the whole BDAT chunk in one write: PIPELINING with CHUNKING, as a client would send them.
-          const size = Buffer.byteLength(bdatMessage, "utf8")
-          const pipelined = yield* Effect.promise(() =>
-            send(`MAIL FROM:<> BODY=8BITMIME\r\nRCPT TO:<c@example.org>\r\nBDAT ${size} LAST\r\n${bdatMessage}`, 3)
-          )
-          expect(pipelined.map((reply) => reply.slice(0, 3))).toEqual(["250", "250", "250"])
-          expect(pipelined[2]).toMatch(new RegExp(`^250- ${size} byte chunk, total ${size}\\r\\n250 OK id=`))
-        }
-        expect(yield* Effect.promise(() => say("QUIT"))).toMatch(/^221 /)
-        socket.destroy()
-      }
+      yield* expectEveryPort(server, {
+        greeting: eximGreeting,
+        ehlo: [/^250-localhost Hello client\.example\.org \[127\.0\.0\.1\]\r\n/, /^250[ -]SIZE 52428800\r\n/m],
+        extensions,
+        plain: ({ say, send }) =>
+          Effect.gen(function*() {
+            const replies = yield* Effect.promise(async () => [
+              await say("MAIL FROM:<a@example.org> SMTPUTF8"),
+              await say("RCPT TO:<b@example.org>"),
+              await say("RCPT TO:<jörg@example.org>"),
+              await say("RCPT TO:<reject5@example.org>"),
+              await say("RCPT TO:<reject4@example.org>"),
+              await say("RCPT TO:<x@elsewhere.test>"),
+              await say("DATA"),
+              await say(`${dotStuffed(dataMessage)}.`)
+            ])
+            expect(replies.map((reply) => reply.slice(0, 3))).toEqual([
+              "250",
+              "250",
+              "250",
+              "550",
+              "451",
+              "550",
+              "354",
+              "250"
+            ])
+            expect(replies[3]).toMatch(/^550 5\.1\.1 <reject5@example\.org>/)
+            expect(replies[4]).toMatch(/^451 4\.2\.1 <reject4@example\.org>/)
+            expect(replies[5]).toMatch(/^550 5\.7\.1 <x@elsewhere\.test>/)
+            // MAIL, RCPT and the whole BDAT chunk in one write: PIPELINING with CHUNKING, as a client would send them.
+            const size = Buffer.byteLength(bdatMessage, "utf8")
+            const pipelined = yield* Effect.promise(() =>
+              send(`MAIL FROM:<> BODY=8BITMIME\r\nRCPT TO:<c@example.org>\r\nBDAT ${size} LAST\r\n${bdatMessage}`, 3)
+            )
+            expect(pipelined.map((reply) => reply.slice(0, 3))).toEqual(["250", "250", "250"])
+            expect(pipelined[2]).toMatch(new RegExp(`^250- ${size} byte chunk, total ${size}\\r\\n250 OK id=`))
+          })
+      })
       const delivered = yield* server.waitForMessages(3)
       expect(delivered).toHaveLength(3)
       const byRecipient = new Map(delivered.map((message) => [message.deliveredTo, message]))
@@ -177,15 +117,6 @@ describe.skipIf(!available)("Exim test harness", () => {
     Effect.gen(function*() {
       const server = yield* Effect.scoped(EximServer)
       expect(fs.existsSync(server.directory)).toBe(false)
-      const refused = yield* Effect.promise(() =>
-        new Promise<boolean>((resolve) => {
-          const socket = net.connect(server.ports.plain, server.host)
-          socket.on("connect", () => {
-            socket.destroy()
-            resolve(false)
-          }).on("error", () => resolve(true))
-        })
-      )
-      expect(refused).toBe(true)
+      expect(yield* connectionRefused(server.ports.plain, server.host)).toBe(true)
     }))
 })

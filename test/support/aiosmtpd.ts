@@ -12,14 +12,12 @@
  */
 import { Clock, Context, Effect, Layer, Schedule } from "effect"
 import type { Duration, Scope } from "effect"
-import { spawn } from "node:child_process"
 import type { ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
-import type * as net from "node:net"
-import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
-import { greetingLine } from "./servers.js"
+import { isRunning, killGroup, readText, spawnGroup } from "./processes.js"
+import { greetingLine, serverDirectory } from "./servers.js"
 import { selfSigned } from "./tls.js"
 
 /** What `requireServer` should find for these tests, and how to install it. */
@@ -93,14 +91,6 @@ const host = "127.0.0.1"
 const servername = "localhost"
 const script = fileURLToPath(new URL("./aiosmtpd_server.py", import.meta.url))
 
-const readText = (file: string): string => {
-  try {
-    return fs.readFileSync(file, "utf8")
-  } catch {
-    return ""
-  }
-}
-
 interface StoredMessage {
   readonly mailFrom: string
   readonly rcptTos: ReadonlyArray<string>
@@ -129,25 +119,9 @@ const readMessages = (folder: string): ReadonlyArray<AiosmtpdMessage> =>
     }
   })
 
-const isRunning = (child: ChildProcess): boolean => child.exitCode === null && child.signalCode === null
-
+/** Its own process group: whatever it may have started goes too. */
 const kill = (child: ChildProcess, signal: NodeJS.Signals): void => {
-  try {
-    // Its own process group: whatever it may have started goes too.
-    if (child.pid !== undefined) process.kill(-child.pid, signal)
-  } catch {
-    // already gone
-  }
-}
-
-/** Running servers, killed if the test process exits without closing their scopes. */
-const running = new Set<ChildProcess>()
-let exitHookInstalled = false
-const killOnExit = (child: ChildProcess): void => {
-  running.add(child)
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.once("exit", () => running.forEach((child) => kill(child, "SIGKILL")))
+  if (child.pid !== undefined) killGroup(child.pid, signal)
 }
 
 /** SIGTERM, then SIGKILL after 3 seconds; waits until the process has exited. */
@@ -163,7 +137,6 @@ const stop = (child: ChildProcess): Effect.Effect<void> => {
         Effect.ignore
       )
     ),
-    Effect.ensuring(Effect.sync(() => running.delete(child))),
     Effect.withClock(Clock.make())
   )
 }
@@ -171,10 +144,7 @@ const stop = (child: ChildProcess): Effect.Effect<void> => {
 /** Starts aiosmtpd; stops it and removes its folder when the scope closes. */
 export const startAiosmtpd = (options: AiosmtpdOptions): Effect.Effect<AiosmtpdServer, Error, Scope.Scope> =>
   Effect.gen(function*() {
-    const dir = yield* Effect.acquireRelease(
-      Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "effect-smtp-aiosmtpd-"))),
-      (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 }))
-    )
+    const dir = yield* serverDirectory("aiosmtpd")
     const messagesDir = path.join(dir, "messages")
     const portFile = path.join(dir, "port")
     const logFile = path.join(dir, "aiosmtpd.log")
@@ -200,26 +170,13 @@ export const startAiosmtpd = (options: AiosmtpdOptions): Effect.Effect<AiosmtpdS
     fs.writeFileSync(configFile, JSON.stringify(config), { mode: 0o600 })
     const log = () => readText(logFile)
 
-    const child = yield* Effect.acquireRelease(
-      Effect.sync(() => {
-        const out = fs.openSync(logFile, "a")
-        // stdin stays an open pipe: the server stops when it closes, so it cannot outlive this process.
-        const child = spawn("/usr/bin/python3", [script, configFile], {
-          cwd: dir,
-          detached: true,
-          stdio: ["pipe", out, out]
-        })
-        fs.closeSync(out)
-        child.on("error", (error) => fs.appendFileSync(logFile, `spawn failed: ${error.message}\n`))
-        child.unref()
-        // The pipe must not keep the test process alive either.
-        const stdin = child.stdin as net.Socket | null
-        stdin?.unref()
-        killOnExit(child)
-        return child
-      }),
+    // stdin stays an open pipe: the server stops when it closes, so it cannot outlive this process.
+    const child = yield* spawnGroup("/usr/bin/python3", [script, configFile], {
+      cwd: dir,
+      output: logFile,
+      stdin: "pipe",
       stop
-    )
+    })
 
     const port = yield* Effect.gen(function*() {
       const text = readText(portFile).trim()

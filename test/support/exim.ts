@@ -12,15 +12,15 @@
  * `/etc/exim4/trusted_configs`). So the config sets `deliver_drop_privilege`, and deliveries run as `Debian-exim`,
  * which owns the spool, the logs and the Maildir.
  */
-import { Clock, Context, Duration, Effect, Layer, Schedule } from "effect"
-import type { Scope } from "effect"
-import { execFile, spawn } from "node:child_process"
+import { Clock, Context, Effect, Layer } from "effect"
+import type { Duration, Scope } from "effect"
 import type { ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
-import * as net from "node:net"
-import * as os from "node:os"
-import * as path from "node:path"
-import { greetingLine } from "./servers.js"
+import { openMaildir } from "./maildir.js"
+import type { MaildirMessage } from "./maildir.js"
+import { awaitGroupGone, killGroup, readText, run, spawnGroup } from "./processes.js"
+import { awaitGreetings, serverDirectory, withFreePorts } from "./servers.js"
+import { serverCertificate } from "./tls.js"
 
 /** Where `test/support/install-exim.sh` unpacks the package. */
 const eximRoot = "/opt/effect-smtp-exim"
@@ -64,16 +64,7 @@ export interface EximPorts {
  * into a space and a bare CR into a line end; in BDAT, both become line ends (and count as two bytes in the reply's
  * "total"). Dot-stuffing is undone for DATA; BDAT content is taken as is.
  */
-export interface EximMessage {
-  readonly file: string
-  readonly bytes: Uint8Array
-  /** The bytes decoded as UTF-8. */
-  readonly raw: string
-  /** The envelope sender, without angle brackets ("" for the null sender). */
-  readonly returnPath: string | undefined
-  /** The envelope recipient this copy was delivered for (from `Envelope-to`). */
-  readonly deliveredTo: string | undefined
-}
+export interface EximMessage extends MaildirMessage {}
 
 export interface EximServer {
   readonly host: "127.0.0.1"
@@ -112,74 +103,6 @@ export interface EximOptions {
 
 const host = "127.0.0.1"
 const servername = "localhost"
-
-const run = (file: string, args: ReadonlyArray<string>, cwd?: string): Effect.Effect<string, Error> =>
-  Effect.async<string, Error>((resume) => {
-    const child = execFile(file, args, { cwd, timeout: 30_000 }, (error, stdout, stderr) => {
-      if (error) {
-        resume(Effect.fail(new Error(`${file} ${args.join(" ")} failed: ${error.message}\n${stdout}${stderr}`)))
-      } else resume(Effect.succeed(stdout.trim()))
-    })
-    return Effect.sync(() => child.kill("SIGKILL"))
-  })
-
-const freePorts = (count: number): Effect.Effect<Array<number>, Error> =>
-  Effect.tryPromise({
-    try: async () => {
-      const servers = Array.from({ length: count }, () => net.createServer())
-      try {
-        return await Promise.all(servers.map((server) =>
-          new Promise<number>((resolve, reject) => {
-            server.once("error", reject)
-            server.listen(0, host, () => resolve((server.address() as net.AddressInfo).port))
-          })
-        ))
-      } finally {
-        await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))))
-      }
-    },
-    catch: (cause) => new Error(`cannot find free ports on ${host}: ${String(cause)}`)
-  })
-
-const headerValue = (raw: string, name: string): string | undefined => {
-  const headerEnd = raw.search(/\r?\n\r?\n/)
-  const unfolded = (headerEnd >= 0 ? raw.slice(0, headerEnd) : raw).replace(/\r?\n[ \t]+/g, " ")
-  const prefix = `${name.toLowerCase()}:`
-  const line = unfolded.split(/\r?\n/).find((l) => l.toLowerCase().startsWith(prefix))
-  return line?.slice(prefix.length).trim()
-}
-
-const readMaildir = (maildir: string): ReadonlyArray<EximMessage> => {
-  const found: Array<{ message: EximMessage; mtime: number }> = []
-  for (const folder of ["new", "cur"]) {
-    let names: Array<string>
-    try {
-      names = fs.readdirSync(path.join(maildir, folder))
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") continue
-      throw error
-    }
-    for (const name of names) {
-      const file = path.join(maildir, folder, name)
-      const bytes = fs.readFileSync(file)
-      const raw = bytes.toString("utf8")
-      const returnPath = headerValue(raw, "Return-path")?.replace(/^<(.*)>$/, "$1")
-      found.push({
-        message: { file, bytes: new Uint8Array(bytes), raw, returnPath, deliveredTo: headerValue(raw, "Envelope-to") },
-        mtime: fs.statSync(file).mtimeMs
-      })
-    }
-  }
-  return found.sort((a, b) => a.mtime - b.mtime || a.message.file.localeCompare(b.message.file)).map((f) => f.message)
-}
-
-const readText = (file: string): string => {
-  try {
-    return fs.readFileSync(file, "utf8")
-  } catch {
-    return ""
-  }
-}
 
 interface Layout {
   readonly dir: string
@@ -276,38 +199,6 @@ const eximConf = ({ crlf, dir, main, ports }: Layout): string => {
   ].join("\n")
 }
 
-const isRunning = (child: ChildProcess): boolean => child.exitCode === null && child.signalCode === null
-
-/** Whether a process of the group is still running (zombies wait for PID 1 to reap them: they hold nothing). */
-const groupAlive = (pgid: number): boolean => {
-  try {
-    process.kill(-pgid, 0)
-  } catch {
-    return false
-  }
-  let entries: Array<string>
-  try {
-    entries = fs.readdirSync("/proc")
-  } catch {
-    return true
-  }
-  return entries.some((entry) => {
-    if (!/^\d+$/.test(entry)) return false
-    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-    const stat = readText(`/proc/${entry}/stat`)
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return fields[2] === String(pgid) && fields[0] !== "Z" && fields[0] !== "X"
-  })
-}
-
-const killGroup = (pgid: number, signal: NodeJS.Signals): void => {
-  try {
-    process.kill(-pgid, signal)
-  } catch {
-    // already gone
-  }
-}
-
 /**
  * Stops the daemon and whatever it is receiving or delivering: SIGTERM to the whole process group, SIGKILL to what is
  * left after 2 seconds.
@@ -317,46 +208,8 @@ const stopDaemon = (child: ChildProcess): Effect.Effect<void> =>
     const pgid = child.pid
     if (pgid === undefined) return
     killGroup(pgid, "SIGTERM")
-    const gone = Effect.suspend(() => isRunning(child) || groupAlive(pgid) ? Effect.fail("alive") : Effect.void)
-    yield* gone.pipe(
-      Effect.retry(Schedule.spaced("20 millis")),
-      Effect.timeout("2 seconds"),
-      Effect.catchAll(() =>
-        Effect.sync(() => killGroup(pgid, "SIGKILL")).pipe(
-          Effect.zipRight(gone.pipe(Effect.retry(Schedule.spaced("20 millis")), Effect.timeout("2 seconds"))),
-          Effect.ignore
-        )
-      )
-    )
+    yield* awaitGroupGone(child, pgid, "2 seconds")
   }).pipe(Effect.withClock(Clock.make()))
-
-class StartFailure extends Error {
-  constructor(message: string, readonly portTaken: boolean) {
-    super(message)
-  }
-}
-
-/** Which of `ports` someone else holds now. */
-const takenPorts = (ports: ReadonlyArray<number>): Effect.Effect<Array<number>> =>
-  Effect.promise(() =>
-    Promise.all(ports.map((port) =>
-      new Promise<number | undefined>((resolve) => {
-        const server = net.createServer()
-        server.once("error", () => resolve(port))
-        server.listen(port, host, () => server.close(() => resolve(undefined)))
-      })
-    ))
-  ).pipe(Effect.map((found) => found.filter((port) => port !== undefined)))
-
-/** Process groups of running daemons, killed if the test process exits without closing their scopes. */
-const runningGroups = new Set<number>()
-let exitHookInstalled = false
-const killOnExit = (pgid: number): void => {
-  runningGroups.add(pgid)
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.once("exit", () => runningGroups.forEach((group) => killGroup(group, "SIGKILL")))
-}
 
 /** Starts a private Exim; stops it and removes its folder when the scope closes. */
 export const startExim = (options: EximOptions = {}): Effect.Effect<EximServer, Error, Scope.Scope> =>
@@ -369,10 +222,7 @@ export const startExim = (options: EximOptions = {}): Effect.Effect<EximServer, 
         new Error(`the Exim test server needs the user ${eximUser}: run ${eximInstall}\n${error.message}`)
       )
     )
-    const dir = yield* Effect.acquireRelease(
-      Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "effect-smtp-exim-"))),
-      (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 }))
-    )
+    const dir = yield* serverDirectory("exim")
     // Exim's receiving and delivering processes run as its user and must reach their folders through this one.
     fs.chmodSync(dir, 0o755)
     const etc = `${dir}/etc`
@@ -383,18 +233,10 @@ export const startExim = (options: EximOptions = {}): Effect.Effect<EximServer, 
     for (const sub of ["etc", "run", "log", "spool", "mail"]) fs.mkdirSync(`${dir}/${sub}`, { mode: 0o755 })
     for (const sub of ["log", "spool", "mail"]) fs.chownSync(`${dir}/${sub}`, Number(uid), Number(gid))
 
-    yield* run(
-      "openssl",
-      [
-        ..."req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 -subj /CN=localhost".split(" "),
-        ..."-keyout key.pem -out cert.pem -addext subjectAltName=DNS:localhost,IP:127.0.0.1".split(" ")
-      ],
-      etc
-    )
+    const certificatePem = yield* serverCertificate(etc)
     // The receiving process reads the key as the Exim user.
     fs.chownSync(`${etc}/key.pem`, Number(uid), Number(gid))
     fs.chmodSync(`${etc}/key.pem`, 0o600)
-    const certificatePem = fs.readFileSync(`${etc}/cert.pem`, "utf8")
     const configFile = `${etc}/exim.conf`
 
     const log = (): string => {
@@ -405,102 +247,40 @@ export const startExim = (options: EximOptions = {}): Effect.Effect<EximServer, 
     }
 
     const startTimeout = options.startTimeout ?? "15 seconds"
-    const attempt = Effect.gen(function*() {
-      const [plain = 0, starttls = 0, smtps = 0] = yield* freePorts(3)
-      const ports: EximPorts = { plain, starttls, smtps }
-      // Exim reads a config only if root owns it and no one else may write it.
-      fs.writeFileSync(configFile, eximConf({ dir, ports, crlf: options.crlf ?? false, main: options.main ?? {} }))
-      fs.chownSync(configFile, 0, 0)
-      fs.chmodSync(configFile, 0o644)
-      const child = yield* Effect.acquireRelease(
-        Effect.sync(() => {
-          const out = fs.openSync(outFile, "a")
-          // -bdf: the daemon in the foreground; its own process group (detached), so stopping it reaches every child.
-          const child = spawn(
-            eximBinary,
-            ["-C", configFile, "-bdf", "-oX", `${plain}:${starttls}:${smtps}`, "-oP", `${dir}/run/exim.pid`],
-            { cwd: dir, detached: true, stdio: ["ignore", out, out] }
-          )
-          fs.closeSync(out)
-          child.on("error", (error) => fs.appendFileSync(outFile, `spawn failed: ${error.message}\n`))
-          child.unref()
-          if (child.pid !== undefined) killOnExit(child.pid)
-          return child
-        }),
-        (child) =>
-          stopDaemon(child).pipe(
-            Effect.ensuring(Effect.sync(() => child.pid !== undefined && runningGroups.delete(child.pid)))
-          )
-      )
-
-      const greeted = (port: number, secure: boolean) =>
-        greetingLine(port, secure ? { ca: certificatePem, servername } : undefined).pipe(
-          Effect.filterOrFail(
-            (line) => line.startsWith("220"),
-            (line) => new Error(`port ${port} greeted with: ${line}`)
-          ),
-          Effect.retry({ schedule: Schedule.spaced("25 millis"), while: () => isRunning(child) })
+    const ports = yield* withFreePorts((ports) =>
+      Effect.gen(function*() {
+        // Exim reads a config only if root owns it and no one else may write it.
+        fs.writeFileSync(configFile, eximConf({ dir, ports, crlf: options.crlf ?? false, main: options.main ?? {} }))
+        fs.chownSync(configFile, 0, 0)
+        fs.chmodSync(configFile, 0o644)
+        // -bdf: the daemon in the foreground; its own process group, so stopping it reaches every child.
+        const child = yield* spawnGroup(
+          eximBinary,
+          [
+            "-C",
+            configFile,
+            "-bdf",
+            "-oX",
+            `${ports.plain}:${ports.starttls}:${ports.smtps}`,
+            "-oP",
+            `${dir}/run/exim.pid`
+          ],
+          { cwd: dir, output: outFile, stop: stopDaemon }
         )
-      yield* Effect.all([greeted(plain, false), greeted(starttls, false), greeted(smtps, true)], {
-        concurrency: "unbounded"
-      }).pipe(
-        Effect.timeoutFail({
-          duration: startTimeout,
-          onTimeout: () => new Error("timed out waiting for the 220 greetings")
-        }),
-        Effect.catchAll((error) =>
-          Effect.gen(function*() {
-            const exited = !isRunning(child)
-            const taken = exited ? yield* takenPorts([plain, starttls, smtps]) : []
-            return yield* Effect.fail(
-              new StartFailure(
-                [
-                  `Exim did not start on 127.0.0.1 ports ${plain}/${starttls}/${smtps}`,
-                  exited ? `the daemon exited with ${child.exitCode ?? child.signalCode}` : "",
-                  `last probe: ${error.message}`,
-                  taken.length > 0 ? `ports already in use: ${taken.join(", ")}` : "",
-                  `--- log ---\n${log()}`
-                ].filter((line) => line !== "").join("\n"),
-                taken.length > 0
-              )
-            )
-          })
-        )
-      )
-      return ports
-    })
-    // A port found free may be taken before the daemon binds it: then try again with new ports.
-    const ports = yield* attempt.pipe(
-      Effect.retry({ times: 2, while: (error) => error instanceof StartFailure && error.portTaken })
+        yield* awaitGreetings({
+          server: "Exim",
+          child,
+          process: "the daemon",
+          ports,
+          tls: { ca: certificatePem, servername },
+          timeout: startTimeout,
+          log: { name: "log", text: log }
+        })
+        return ports
+      })
     )
-
-    const messages = () => Effect.sync(() => readMaildir(maildir))
-    const waitForMessages = (count: number, timeout: Duration.DurationInput = "10 seconds") =>
-      messages().pipe(
-        Effect.filterOrFail((found) => found.length >= count, () => new Error("not yet")),
-        Effect.retry(Schedule.spaced("25 millis")),
-        Effect.timeoutFail({
-          duration: timeout,
-          onTimeout: () =>
-            new Error(
-              `expected ${count} delivered message(s) within ${Duration.format(Duration.decode(timeout))}, found ${
-                readMaildir(maildir).length
-              }\n${log()}`
-            )
-        }),
-        Effect.withClock(Clock.make())
-      )
-
-    const server: EximServer = {
-      host,
-      servername,
-      ports,
-      certificatePem,
-      directory: dir,
-      messages,
-      waitForMessages,
-      log
-    }
+    const inbox = openMaildir(maildir, { returnPath: "Return-path", deliveredTo: "Envelope-to" }, log)
+    const server: EximServer = { host, servername, ports, certificatePem, directory: dir, log, ...inbox }
     return server
   }).pipe(
     // Real time even under @effect/vitest's TestClock: start-up waits on real processes (and so does shutdown, above).

@@ -6,15 +6,16 @@
  *
  * With `sasl`, it also offers SMTP AUTH through a private Dovecot auth server (`apt-get install -y dovecot-core`).
  */
-import { Clock, Context, Duration, Effect, Layer, Schedule } from "effect"
-import type { Scope } from "effect"
-import { execFile, spawn } from "node:child_process"
+import { Clock, Context, Effect, Layer, Schedule } from "effect"
+import type { Duration, Scope } from "effect"
 import type { ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
 import * as net from "node:net"
-import * as os from "node:os"
-import * as path from "node:path"
-import { greetingLine } from "./servers.js"
+import { openMaildir } from "./maildir.js"
+import type { MaildirMessage } from "./maildir.js"
+import { awaitGroupGone, isRunning, killGroup, readText, run, spawnGroup } from "./processes.js"
+import { awaitGreetings, serverDirectory, withFreePorts } from "./servers.js"
+import { serverCertificate } from "./tls.js"
 
 /** What `requireServer` should find for these tests, and how to install it. */
 export const postfixBinaries: ReadonlyArray<string> = ["/usr/sbin/postfix", "/usr/sbin/postconf", "/usr/bin/openssl"]
@@ -46,16 +47,7 @@ export interface PostfixPorts {
 }
 
 /** One file from the Maildir. Postfix puts `Return-Path` (envelope sender) and `Delivered-To` on top. */
-export interface PostfixMessage {
-  readonly file: string
-  readonly bytes: Uint8Array
-  /** The bytes decoded as UTF-8. */
-  readonly raw: string
-  /** The envelope sender, without angle brackets ("" for the null sender). */
-  readonly returnPath: string | undefined
-  /** The envelope recipient this copy was delivered for. */
-  readonly deliveredTo: string | undefined
-}
+export interface PostfixMessage extends MaildirMessage {}
 
 export interface PostfixServer {
   readonly host: "127.0.0.1"
@@ -102,74 +94,6 @@ export interface PostfixOptions {
 
 const host = "127.0.0.1"
 const servername = "localhost"
-
-const run = (file: string, args: ReadonlyArray<string>, cwd?: string): Effect.Effect<string, Error> =>
-  Effect.async<string, Error>((resume) => {
-    const child = execFile(file, args, { cwd, timeout: 30_000 }, (error, stdout, stderr) => {
-      if (error) {
-        resume(Effect.fail(new Error(`${file} ${args.join(" ")} failed: ${error.message}\n${stdout}${stderr}`)))
-      } else resume(Effect.succeed(stdout.trim()))
-    })
-    return Effect.sync(() => child.kill("SIGKILL"))
-  })
-
-const freePorts = (count: number): Effect.Effect<Array<number>, Error> =>
-  Effect.tryPromise({
-    try: async () => {
-      const servers = Array.from({ length: count }, () => net.createServer())
-      try {
-        return await Promise.all(servers.map((server) =>
-          new Promise<number>((resolve, reject) => {
-            server.once("error", reject)
-            server.listen(0, host, () => resolve((server.address() as net.AddressInfo).port))
-          })
-        ))
-      } finally {
-        await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))))
-      }
-    },
-    catch: (cause) => new Error(`cannot find free ports on ${host}: ${String(cause)}`)
-  })
-
-const headerValue = (raw: string, name: string): string | undefined => {
-  const headerEnd = raw.search(/\r?\n\r?\n/)
-  const unfolded = (headerEnd >= 0 ? raw.slice(0, headerEnd) : raw).replace(/\r?\n[ \t]+/g, " ")
-  const prefix = `${name.toLowerCase()}:`
-  const line = unfolded.split(/\r?\n/).find((l) => l.toLowerCase().startsWith(prefix))
-  return line?.slice(prefix.length).trim()
-}
-
-const readMaildir = (maildir: string): ReadonlyArray<PostfixMessage> => {
-  const found: Array<{ message: PostfixMessage; mtime: number }> = []
-  for (const folder of ["new", "cur"]) {
-    let names: Array<string>
-    try {
-      names = fs.readdirSync(path.join(maildir, folder))
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") continue
-      throw error
-    }
-    for (const name of names) {
-      const file = path.join(maildir, folder, name)
-      const bytes = fs.readFileSync(file)
-      const raw = bytes.toString("utf8")
-      const returnPath = headerValue(raw, "Return-Path")?.replace(/^<(.*)>$/, "$1")
-      found.push({
-        message: { file, bytes: new Uint8Array(bytes), raw, returnPath, deliveredTo: headerValue(raw, "Delivered-To") },
-        mtime: fs.statSync(file).mtimeMs
-      })
-    }
-  }
-  return found.sort((a, b) => a.mtime - b.mtime || a.message.file.localeCompare(b.message.file)).map((f) => f.message)
-}
-
-const readText = (file: string): string => {
-  try {
-    return fs.readFileSync(file, "utf8")
-  } catch {
-    return ""
-  }
-}
 
 /**
  * Writes a config file dated a minute ago: Postfix will not read a file changed within the last second or two (it
@@ -268,53 +192,6 @@ const masterCf = (ports: PostfixPorts, sasl: boolean): string =>
     ""
   ].join("\n")
 
-const isRunning = (child: ChildProcess): boolean => child.exitCode === null && child.signalCode === null
-
-/** Whether a process of the group is still running (zombies wait for PID 1 to reap them: they hold nothing). */
-const groupAlive = (pgid: number): boolean => {
-  try {
-    process.kill(-pgid, 0)
-  } catch {
-    return false
-  }
-  let entries: Array<string>
-  try {
-    entries = fs.readdirSync("/proc")
-  } catch {
-    return true
-  }
-  return entries.some((entry) => {
-    if (!/^\d+$/.test(entry)) return false
-    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-    const stat = readText(`/proc/${entry}/stat`)
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return fields[2] === String(pgid) && fields[0] !== "Z" && fields[0] !== "X"
-  })
-}
-
-const killGroup = (pgid: number, signal: NodeJS.Signals): void => {
-  try {
-    process.kill(-pgid, signal)
-  } catch {
-    // already gone
-  }
-}
-
-/** Waits until the child and its whole process group are gone; kills the group if it outlives `grace`. */
-const awaitGroupGone = (child: ChildProcess, pgid: number, grace: Duration.DurationInput): Effect.Effect<void> => {
-  const gone = Effect.suspend(() => isRunning(child) || groupAlive(pgid) ? Effect.fail("alive") : Effect.void)
-  return gone.pipe(
-    Effect.retry(Schedule.spaced("20 millis")),
-    Effect.timeout(grace),
-    Effect.catchAll(() =>
-      Effect.sync(() => killGroup(pgid, "SIGKILL")).pipe(
-        Effect.zipRight(gone.pipe(Effect.retry(Schedule.spaced("20 millis")), Effect.timeout("2 seconds"))),
-        Effect.ignore
-      )
-    )
-  )
-}
-
 /**
  * Stops the master by the PID in its pid file (it then stops its children), waits for the whole process group to be
  * gone, and kills what is left after 5 seconds.
@@ -351,34 +228,6 @@ const makeQueue = (dir: string, mailOwner: number, setgidGroup: number): void =>
   for (const sub of owned.split(" ")) make(`queue/${sub}`, mailOwner, 0, 0o700)
   make("queue/maildrop", mailOwner, setgidGroup, 0o730)
   make("queue/public", mailOwner, setgidGroup, 0o710)
-}
-
-class StartFailure extends Error {
-  constructor(message: string, readonly portTaken: boolean) {
-    super(message)
-  }
-}
-
-/** Which of `ports` someone else holds now (the master's own bind errors go to a syslog that does not exist). */
-const takenPorts = (ports: ReadonlyArray<number>): Effect.Effect<Array<number>> =>
-  Effect.promise(() =>
-    Promise.all(ports.map((port) =>
-      new Promise<number | undefined>((resolve) => {
-        const server = net.createServer()
-        server.once("error", () => resolve(port))
-        server.listen(port, host, () => server.close(() => resolve(undefined)))
-      })
-    ))
-  ).pipe(Effect.map((found) => found.filter((port) => port !== undefined)))
-
-/** Process groups of running masters, killed if the test process exits without closing their scopes. */
-const runningGroups = new Set<number>()
-let exitHookInstalled = false
-const killOnExit = (pgid: number): void => {
-  runningGroups.add(pgid)
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.once("exit", () => runningGroups.forEach((group) => killGroup(group, "SIGKILL")))
 }
 
 /** The private Dovecot of the `sasl` option: its auth socket for smtpd, and its log. */
@@ -512,25 +361,11 @@ const startDovecot = (
       return readText(logFile) + (out === "" ? "" : `--- dovecot stdout/stderr ---\n${out}`)
     }
 
-    const child = yield* Effect.acquireRelease(
-      Effect.sync(() => {
-        const out = fs.openSync(outFile, "a")
-        const child = spawn("/usr/sbin/dovecot", ["-c", conf, "-F"], {
-          cwd: root,
-          detached: true,
-          stdio: ["ignore", out, out]
-        })
-        fs.closeSync(out)
-        child.on("error", (error) => fs.appendFileSync(outFile, `spawn failed: ${error.message}\n`))
-        child.unref()
-        if (child.pid !== undefined) killOnExit(child.pid)
-        return child
-      }),
-      (child) =>
-        stopDovecot(child).pipe(
-          Effect.ensuring(Effect.sync(() => child.pid !== undefined && runningGroups.delete(child.pid)))
-        )
-    )
+    const child = yield* spawnGroup("/usr/sbin/dovecot", ["-c", conf, "-F"], {
+      cwd: root,
+      output: outFile,
+      stop: stopDovecot
+    })
     yield* authHandshake(socketPath).pipe(
       Effect.retry({ schedule: Schedule.spaced("25 millis"), while: () => isRunning(child) }),
       Effect.timeoutFail({ duration: timeout, onTimeout: () => new Error("timed out waiting for the auth socket") }),
@@ -556,10 +391,7 @@ export const startPostfix = (options: PostfixOptions = {}): Effect.Effect<Postfi
     if (process.getuid?.() !== 0) {
       return yield* Effect.fail(new Error("the Postfix test server must run as root (the Postfix master needs it)"))
     }
-    const dir = yield* Effect.acquireRelease(
-      Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "effect-smtp-postfix-"))),
-      (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5 }))
-    )
+    const dir = yield* serverDirectory("postfix")
     // The virtual delivery agent runs as the mailbox owner and must reach the Maildir through this folder.
     fs.chmodSync(dir, 0o755)
     const etc = `${dir}/etc`
@@ -572,24 +404,16 @@ export const startPostfix = (options: PostfixOptions = {}): Effect.Effect<Postfi
     const dovecotStart: Effect.Effect<Dovecot | undefined, Error, Scope.Scope> = options.sasl === undefined
       ? Effect.succeed(undefined)
       : startDovecot(dir, options.sasl.users, startTimeout)
-    const [daemonDirectory, uid, gid, postdrop, _certificate, dovecot] = yield* Effect.all([
+    const [daemonDirectory, uid, gid, postdrop, certificatePem, dovecot] = yield* Effect.all([
       run("/usr/sbin/postconf", ["-dh", "daemon_directory"]),
       run("id", ["-u", "postfix"]),
       run("id", ["-g", "postfix"]),
       run("getent", ["group", "postdrop"]).pipe(Effect.map((line) => line.split(":")[2] ?? "")),
-      run(
-        "openssl",
-        [
-          ..."req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 -subj /CN=localhost".split(" "),
-          ..."-keyout key.pem -out cert.pem -addext subjectAltName=DNS:localhost,IP:127.0.0.1".split(" ")
-        ],
-        etc
-      ),
+      serverCertificate(etc),
       dovecotStart
     ], { concurrency: "unbounded" })
     fs.chownSync(`${dir}/mail`, Number(uid), Number(gid))
     makeQueue(dir, Number(uid), Number(postdrop))
-    const certificatePem = fs.readFileSync(`${etc}/cert.pem`, "utf8")
     const sasl: Record<string, string> = dovecot === undefined ? {} : {
       smtpd_sasl_auth_enable: "yes",
       smtpd_sasl_type: "dovecot",
@@ -606,106 +430,34 @@ export const startPostfix = (options: PostfixOptions = {}): Effect.Effect<Postfi
         (dovecot === undefined ? "" : `--- dovecot ---\n${dovecot.log()}`)
     }
 
-    const attempt = Effect.gen(function*() {
-      const [plain = 0, starttls = 0, smtps = 0] = yield* freePorts(3)
-      const ports: PostfixPorts = { plain, starttls, smtps }
-      writeConfig(`${etc}/master.cf`, masterCf(ports, dovecot !== undefined))
-      const child = yield* Effect.acquireRelease(
-        Effect.sync(() => {
-          const out = fs.openSync(outFile, "a")
-          // Its own process group (detached), so the master's shutdown and our fallback reach every daemon.
-          const child = spawn(`${daemonDirectory}/master`, ["-c", etc, "-d"], {
-            cwd: dir,
-            detached: true,
-            stdio: ["ignore", out, out]
-          })
-          fs.closeSync(out)
-          child.on("error", (error) => fs.appendFileSync(outFile, `spawn failed: ${error.message}\n`))
-          child.unref()
-          if (child.pid !== undefined) killOnExit(child.pid)
-          return child
-        }),
-        (child) =>
-          stopMaster(child, `${dir}/queue/pid/master.pid`).pipe(
-            Effect.ensuring(Effect.sync(() => child.pid !== undefined && runningGroups.delete(child.pid)))
-          )
-      )
-
-      const greeted = (port: number, secure: boolean) =>
-        greetingLine(port, secure ? { ca: certificatePem, servername } : undefined).pipe(
-          Effect.filterOrFail(
-            (line) => line.startsWith("220"),
-            (line) => new Error(`port ${port} greeted with: ${line}`)
+    const ports = yield* withFreePorts((ports) =>
+      Effect.gen(function*() {
+        writeConfig(`${etc}/master.cf`, masterCf(ports, dovecot !== undefined))
+        // Its own process group, so the master's shutdown and our fallback reach every daemon.
+        const child = yield* spawnGroup(`${daemonDirectory}/master`, ["-c", etc, "-d"], {
+          cwd: dir,
+          output: outFile,
+          stop: (child) => stopMaster(child, `${dir}/queue/pid/master.pid`)
+        })
+        yield* awaitGreetings({
+          server: "Postfix",
+          child,
+          process: "the master",
+          ports,
+          tls: { ca: certificatePem, servername },
+          timeout: startTimeout,
+          // The master logs its own start-up errors to syslog only; `postfix check` writes to the maillog.
+          diagnose: run("/usr/sbin/postfix", ["-c", etc, "check"]).pipe(
+            Effect.match({ onFailure: (e) => e.message, onSuccess: (out) => out }),
+            Effect.map((check) => check === "" ? "" : `postfix check: ${check}`)
           ),
-          Effect.retry({ schedule: Schedule.spaced("25 millis"), while: () => isRunning(child) })
-        )
-      yield* Effect.all([greeted(plain, false), greeted(starttls, false), greeted(smtps, true)], {
-        concurrency: "unbounded"
-      }).pipe(
-        Effect.timeoutFail({
-          duration: startTimeout,
-          onTimeout: () => new Error("timed out waiting for the 220 greetings")
-        }),
-        Effect.catchAll((error) =>
-          Effect.gen(function*() {
-            const exited = !isRunning(child)
-            const taken = exited ? yield* takenPorts([plain, starttls, smtps]) : []
-            // The master logs its own start-up errors to syslog only; `postfix check` writes to the maillog.
-            const check = exited && taken.length === 0
-              ? yield* run("/usr/sbin/postfix", ["-c", etc, "check"]).pipe(
-                Effect.match({ onFailure: (e) => e.message, onSuccess: (out) => out })
-              )
-              : ""
-            return yield* Effect.fail(
-              new StartFailure(
-                [
-                  `Postfix did not start on 127.0.0.1 ports ${plain}/${starttls}/${smtps}`,
-                  exited ? `the master exited with ${child.exitCode ?? child.signalCode}` : "",
-                  `last probe: ${error.message}`,
-                  taken.length > 0 ? `ports already in use: ${taken.join(", ")}` : "",
-                  check === "" ? "" : `postfix check: ${check}`,
-                  `--- maillog ---\n${log()}`
-                ].filter((line) => line !== "").join("\n"),
-                taken.length > 0
-              )
-            )
-          })
-        )
-      )
-      return ports
-    })
-    // A port found free may be taken before the master binds it: then try again with new ports.
-    const ports = yield* attempt.pipe(
-      Effect.retry({ times: 2, while: (error) => error instanceof StartFailure && error.portTaken })
+          log: { name: "maillog", text: log }
+        })
+        return ports
+      })
     )
-
-    const messages = () => Effect.sync(() => readMaildir(maildir))
-    const waitForMessages = (count: number, timeout: Duration.DurationInput = "10 seconds") =>
-      messages().pipe(
-        Effect.filterOrFail((found) => found.length >= count, () => new Error("not yet")),
-        Effect.retry(Schedule.spaced("25 millis")),
-        Effect.timeoutFail({
-          duration: timeout,
-          onTimeout: () =>
-            new Error(
-              `expected ${count} delivered message(s) within ${Duration.format(Duration.decode(timeout))}, found ${
-                readMaildir(maildir).length
-              }\n${log()}`
-            )
-        }),
-        Effect.withClock(Clock.make())
-      )
-
-    const server: PostfixServer = {
-      host,
-      servername,
-      ports,
-      certificatePem,
-      directory: dir,
-      messages,
-      waitForMessages,
-      log
-    }
+    const inbox = openMaildir(maildir, { returnPath: "Return-Path", deliveredTo: "Delivered-To" }, log)
+    const server: PostfixServer = { host, servername, ports, certificatePem, directory: dir, log, ...inbox }
     return server
   }).pipe(
     // Real time even under @effect/vitest's TestClock: start-up waits on real processes (and so does shutdown, above).

@@ -1,7 +1,9 @@
+import * as Effect from "effect/Effect"
 import { execFileSync } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { run } from "./processes.js"
 
 /** A self-signed certificate and its key, in PEM. */
 export interface SelfSigned {
@@ -85,3 +87,18 @@ export const selfSigned = (
     rmSync(dir, { recursive: true, force: true })
   }
 }
+
+/**
+ * Makes a fresh self-signed certificate for a real server (EC P-256, CN and SAN `localhost`, SAN IP 127.0.0.1, valid
+ * for seven days) into `directory`, as `cert.pem` and `key.pem`, where the server reads them; succeeds with the
+ * certificate's PEM.
+ */
+export const serverCertificate = (directory: string): Effect.Effect<string, Error> =>
+  run(
+    "openssl",
+    [
+      ..."req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 -subj /CN=localhost".split(" "),
+      ..."-keyout key.pem -out cert.pem -addext subjectAltName=DNS:localhost,IP:127.0.0.1".split(" ")
+    ],
+    directory
+  ).pipe(Effect.map(() => readFileSync(join(directory, "cert.pem"), "utf8")))
