@@ -80,10 +80,24 @@ export interface Endpoints {
  * @category models
  */
 export interface SmtpSocket {
-  /** The next bytes from the server; fails when the server closed the connection or the socket failed. */
-  readonly read: Effect.Effect<Uint8Array, NetworkError>
-  /** Writes the chunks as one segment where possible and waits until the system took them (backpressure). */
-  readonly write: (chunks: ReadonlyArray<Uint8Array>) => Effect.Effect<void, NetworkError>
+  /**
+   * The next bytes from the server; fails when the server closed the connection or the socket failed, and with
+   * `onTimeout()` when nothing came within `timeoutMillis`. The timer is the socket's own: it fires even when the
+   * caller runs uninterruptibly, and costs no fiber.
+   */
+  readonly read: (
+    timeoutMillis: number,
+    onTimeout: () => TimeoutError
+  ) => Effect.Effect<Uint8Array, NetworkError | TimeoutError>
+  /**
+   * Writes the chunks as one segment where possible and waits until the system took them (backpressure), or fails
+   * with `onTimeout()` after `timeoutMillis`.
+   */
+  readonly write: (
+    chunks: ReadonlyArray<Uint8Array>,
+    timeoutMillis: number,
+    onTimeout: () => TimeoutError
+  ) => Effect.Effect<void, NetworkError | TimeoutError>
   /**
    * Upgrades the socket to TLS in place (STARTTLS). Bytes received and not yet read are discarded first, as RFC 3207
    * §6 requires.

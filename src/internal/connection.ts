@@ -136,12 +136,26 @@ export const make = (
     const transcriptHub = yield* PubSub.unbounded<SmtpConnection.TranscriptEntry>({ replay: 1000 })
     yield* Effect.addFinalizer(() => PubSub.shutdown(transcriptHub))
     const onTranscript = options.onTranscript
-    const record = (direction: "client" | "server", line: string) => {
-      const entry = { direction, line, at: Date.now() }
-      return onTranscript === undefined
-        ? PubSub.publish(transcriptHub, entry)
-        : Effect.zipRight(onTranscript(entry), PubSub.publish(transcriptHub, entry))
+    // Transcript lines are noted as they happen and published together before the next wait on the socket: the
+    // stream and `onTranscript` get every line in order, for the price of one publication per write or reply.
+    let noted: Array<SmtpConnection.TranscriptEntry> = []
+    const note = (direction: "client" | "server", line: string): void => {
+      noted.push({ direction, line, at: Date.now() })
     }
+    const publishTranscript: Effect.Effect<void> = Effect.suspend(() => {
+      if (noted.length === 0) return Effect.void
+      const entries = noted
+      noted = []
+      const published = PubSub.publishAll(transcriptHub, entries)
+      return onTranscript === undefined
+        ? published
+        : Effect.zipRight(Effect.forEach(entries, onTranscript, { discard: true }), published)
+    })
+    const record = (direction: "client" | "server", line: string) =>
+      Effect.suspend(() => {
+        note(direction, line)
+        return publishTranscript
+      })
 
     const socket: SmtpSocket = yield* transport.connect({
       host: options.host,
@@ -172,21 +186,31 @@ export const make = (
         return socket.destroy
       })
 
-    // Every wait is interruptible by its own timeout, even when the caller runs it uninterruptibly (an
-    // `acquireRelease` acquisition, a pool's acquire, a finalizer).
+    // Every wait ends by its own timeout, even when the caller runs it uninterruptibly (an `acquireRelease`
+    // acquisition, a pool's acquire, a finalizer): reads and writes carry the socket's own timer, and the rest is
+    // made interruptible for Effect's.
     const timed = <A, E>(phase: Phase, mayHaveBeenDelivered: boolean) => (effect: Effect.Effect<A, E>) =>
       Effect.timeoutFail(Effect.interruptible(effect), {
         duration: timeoutOf(phase),
-        onTimeout: () =>
-          new TimeoutError({
-            phase: phaseNames[phase],
-            timeoutMillis: Duration.toMillis(timeoutOf(phase)),
-            mayHaveBeenDelivered
-          })
+        onTimeout: timeoutError(phase, mayHaveBeenDelivered)
       })
 
-    /** The next reply, reading from the socket as needed. */
-    const nextReply = (verb: string | undefined): Effect.Effect<SmtpReply.SmtpReply, ReadError> =>
+    const timeoutError = (phase: Phase, mayHaveBeenDelivered: boolean) => () =>
+      new TimeoutError({
+        phase: phaseNames[phase],
+        timeoutMillis: Duration.toMillis(timeoutOf(phase)),
+        mayHaveBeenDelivered
+      })
+
+    /**
+     * The next reply, reading from the socket as needed until `deadline` (the phase's timeout counts for the whole
+     * reply, however the server trickles it). A reply already parsed costs no read and no timer.
+     */
+    const nextReply = (
+      verb: string | undefined,
+      deadline: number,
+      onTimeout: () => TimeoutError
+    ): Effect.Effect<SmtpReply.SmtpReply, ReadError> =>
       Effect.suspend(() => {
         const ready = parsed.shift()
         if (ready !== undefined) return Effect.succeed(ready)
@@ -194,34 +218,33 @@ export const make = (
           return Effect.fail(new SmtpProtocolError({ reason: parseFailure.reason, command: verb }))
         }
         const started = Date.now()
-        return Effect.flatMap(socket.read, (chunk) => {
+        return Effect.flatMap(socket.read(Math.max(0, deadline - started), onTimeout), (chunk) => {
           usage.receivingMillis += Date.now() - started
           usage.bytesReceived += chunk.length
           const step = parser.push(chunk)
-          parsed = parsed.concat(step.replies)
+          parsed = step.replies.length === 0 ? parsed : parsed.concat(step.replies)
           if (step.error !== undefined) parseFailure = step.error
-          return nextReply(verb)
+          return nextReply(verb, deadline, onTimeout)
         })
       })
 
     const readReply = (phase: Phase, verb: string | undefined, mayHaveBeenDelivered = false) =>
-      nextReply(verb).pipe(
-        timed(phase, mayHaveBeenDelivered),
-        Effect.tap((reply) => Effect.annotateCurrentSpan("smtp.reply.code", reply.code)),
-        Effect.tap((reply) =>
-          Effect.forEach(
-            SmtpReply.format(reply).split("\r\n").slice(0, -1),
-            (line) => record("server", line),
-            { discard: true }
-          )
-        )
+      Effect.suspend(() =>
+        nextReply(verb, Date.now() + Duration.toMillis(timeoutOf(phase)), timeoutError(phase, mayHaveBeenDelivered))
+      ).pipe(
+        Effect.tap((reply) => {
+          for (const line of SmtpReply.format(reply).split("\r\n").slice(0, -1)) note("server", line)
+          return Effect.zipRight(publishTranscript, Effect.annotateCurrentSpan("smtp.reply.code", reply.code))
+        })
       )
 
     const writeBytes = (chunks: ReadonlyArray<Uint8Array>, phase: Phase) =>
       Effect.suspend(() => {
         const started = Date.now()
-        return socket.write(chunks).pipe(
-          timed(phase, false),
+        return Effect.zipRight(
+          publishTranscript,
+          socket.write(chunks, Duration.toMillis(timeoutOf(phase)), timeoutError(phase, false))
+        ).pipe(
           Effect.tap(() => {
             usage.sendingMillis += Date.now() - started
             for (const chunk of chunks) usage.bytesSent += chunk.length
@@ -545,7 +568,7 @@ export const make = (
       lmtp,
       write: (chunks) => writeBytes(chunks, "dataBlock"),
       readReply: (phase, verb, mayHaveBeenDelivered) => readReply(phase, verb, mayHaveBeenDelivered),
-      record: (line) => record("client", line),
+      note: (line) => note("client", line),
       check,
       breakConnection,
       broken: () => broken

@@ -156,37 +156,66 @@ class SocketReader {
     this.buffered = 0
   }
 
-  readonly read: Effect.Effect<Uint8Array, NetworkError> = Effect.async<Uint8Array, NetworkError>((resume) => {
-    const chunk = this.chunks.shift()
-    if (chunk !== undefined) {
-      this.buffered -= chunk.length
-      if (this.buffered <= HIGH_WATER_MARK && this.socket.isPaused()) this.socket.resume()
-      return resume(Effect.succeed(chunk))
-    }
-    if (this.failure !== undefined) return resume(Effect.fail(this.failure))
-    this.waiter = (result) => resume(result instanceof NetworkError ? Effect.fail(result) : Effect.succeed(result))
-    return Effect.sync(() => {
-      this.waiter = undefined
+  read(timeoutMillis: number, onTimeout: () => TimeoutError): Effect.Effect<Uint8Array, NetworkError | TimeoutError> {
+    return Effect.async<Uint8Array, NetworkError | TimeoutError>((resume) => {
+      const chunk = this.chunks.shift()
+      if (chunk !== undefined) {
+        this.buffered -= chunk.length
+        if (this.buffered <= HIGH_WATER_MARK && this.socket.isPaused()) this.socket.resume()
+        return resume(Effect.succeed(chunk))
+      }
+      if (this.failure !== undefined) return resume(Effect.fail(this.failure))
+      const timer = setTimeout(() => {
+        this.waiter = undefined
+        resume(Effect.fail(onTimeout()))
+      }, timeoutMillis)
+      this.waiter = (result) => {
+        clearTimeout(timer)
+        resume(result instanceof NetworkError ? Effect.fail(result) : Effect.succeed(result))
+      }
+      return Effect.sync(() => {
+        clearTimeout(timer)
+        this.waiter = undefined
+      })
     })
-  })
+  }
 }
 
-const write = (socket: net.Socket, chunks: ReadonlyArray<Uint8Array>): Effect.Effect<void, NetworkError> =>
-  Effect.async<void, NetworkError>((resume) => {
+const write = (
+  socket: net.Socket,
+  chunks: ReadonlyArray<Uint8Array>,
+  timeoutMillis: number,
+  onTimeout: () => TimeoutError
+): Effect.Effect<void, NetworkError | TimeoutError> =>
+  Effect.async<void, NetworkError | TimeoutError>((resume) => {
     if (socket.destroyed || !socket.writable) {
       return resume(Effect.fail(new NetworkError({ operation: "write", code: "ECLOSED" })))
     }
-    socket.cork()
     const last = chunks.length - 1
+    if (last < 0) return resume(Effect.void)
+    let done = false
+    const timer = setTimeout(() => {
+      done = true
+      resume(Effect.fail(onTimeout()))
+    }, timeoutMillis)
+    socket.cork()
     chunks.forEach((chunk, i) => {
       if (i === last) {
-        socket.write(chunk, (error) => resume(error ? Effect.fail(networkError("write", error)) : Effect.void))
+        socket.write(chunk, (error) => {
+          clearTimeout(timer)
+          if (done) return
+          done = true
+          resume(error ? Effect.fail(networkError("write", error)) : Effect.void)
+        })
       } else {
         socket.write(chunk)
       }
     })
     socket.uncork()
-    if (last < 0) resume(Effect.void)
+    return Effect.sync(() => {
+      done = true
+      clearTimeout(timer)
+    })
   })
 
 /** Waits for a new socket to connect (and finish its handshake, for TLS), failing with the right error. */
@@ -261,8 +290,9 @@ export const connect = (
       localPort: current.localPort ?? 0
     }
     const socket: SmtpSocket = {
-      read: reader.read,
-      write: (chunks) => Effect.suspend(() => write(current, chunks)),
+      read: (timeoutMillis, onTimeout) => reader.read(timeoutMillis, onTimeout),
+      write: (chunks, timeoutMillis, onTimeout) =>
+        Effect.suspend(() => write(current, chunks, timeoutMillis, onTimeout)),
       upgradeToTls: (tlsOptions) =>
         Effect.gen(function*() {
           reader.detach()

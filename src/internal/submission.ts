@@ -49,7 +49,8 @@ export interface Session {
     verb: string,
     mayHaveBeenDelivered: boolean
   ) => Effect.Effect<SmtpReply.SmtpReply, NetworkError | TimeoutError | SmtpProtocolError>
-  readonly record: (line: string) => Effect.Effect<void>
+  /** Notes a line the client sent in the transcript (published before the next write). */
+  readonly note: (line: string) => void
   /** A 421 closes the connection; a reply outside `ok` fails with its error. */
   readonly check: (
     reply: SmtpReply.SmtpReply,
@@ -319,7 +320,7 @@ interface Due {
 }
 
 /** Refused by every recipient: transient if any refusal was 4xx (RFC 5321 §4.2.5), else the first refusal. */
-const refusedByAll = (rejected: ReadonlyArray<SmtpConnection.RejectedRecipient>): RefusalError => {
+export const refusedByAll = (rejected: ReadonlyArray<SmtpConnection.RejectedRecipient>): RefusalError => {
   const transient = rejected.find((r) => r.error._tag === "SmtpTransientError")
   return (transient ?? rejected[0]!).error
 }
@@ -359,7 +360,11 @@ export const run = <E, R, R2>(
         return outBytes >= FLUSH_AT ? flush : Effect.void
       })
     const command = (bytes: Uint8Array, line: string, entry: Due) =>
-      Effect.zipRight(session.record(line), Effect.zipRight(queue(bytes), Effect.sync(() => due.push(entry))))
+      Effect.suspend(() => {
+        session.note(line)
+        due.push(entry)
+        return queue(bytes)
+      })
 
     const finish = (
       transaction: Transaction,
@@ -566,7 +571,7 @@ export const run = <E, R, R2>(
           yield* fail(transaction, sent.left)
           return yield* session.broken()!
         }
-        yield* session.record(`<message body, ${sent.right} octets, then .>`)
+        session.note(`<message body, ${sent.right} octets, then .>`)
         transaction.endQueued = true
         due.push({
           read: true,
