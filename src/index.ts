@@ -41,6 +41,11 @@ export * as SmtpAuth from "./SmtpAuth.js"
 /**
  * @since 0.1.0
  */
+export * as SmtpClient from "./SmtpClient.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as SmtpCommand from "./SmtpCommand.js"
 
 /**
@@ -52,6 +57,11 @@ export * as SmtpError from "./SmtpError.js"
  * @since 0.1.0
  */
 export * as SmtpReply from "./SmtpReply.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SmtpRetry from "./SmtpRetry.js"
 
 /**
  * @since 0.1.0

@@ -1,0 +1,235 @@
+/**
+ * The service an Effect application depends on: `send` over a pool of connections (or a fresh one per send), with
+ * retries as a `Schedule` (only the recipients that got a 4xx are tried again), a rate limit, a cap on concurrent
+ * transactions, and metrics. `layerTest` gives the same service backed by memory, for users' own tests.
+ *
+ * @since 0.1.0
+ */
+import type * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import type * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import type * as Effect from "effect/Effect"
+import type * as Layer from "effect/Layer"
+import type * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as internal from "./internal/client.js"
+import type * as Message from "./Message.js"
+import type * as SmtpConnection from "./SmtpConnection.js"
+import type {
+  InvalidInputError,
+  NetworkError,
+  SmtpCapabilityError,
+  SmtpPermanentError,
+  SmtpProtocolError,
+  SmtpTransientError,
+  TimeoutError
+} from "./SmtpError.js"
+import type { SmtpTransport } from "./SmtpTransport.js"
+
+/**
+ * How the pool keeps its connections.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PoolOptions {
+  /** Connections open at once at most. Default 4. */
+  readonly maxConnections?: number | undefined
+  /** Messages one connection carries before it is closed (QUIT) and replaced. Default 100. */
+  readonly maxMessagesPerConnection?: number | undefined
+  /** A connection older than this is not used again (servers that send "421 maximum lifetime"). Default 5 min. */
+  readonly maxConnectionAge?: Duration.DurationInput | undefined
+  /** Connections left unused this long are closed. Default 30 s. */
+  readonly idleTimeout?: Duration.DurationInput | undefined
+  /** How a connection idle for `healthCheckAfter` is checked before reuse. Default "NOOP"; false: not checked. */
+  readonly healthCheck?: "NOOP" | "RSET" | false | undefined
+  /** Default 1 s. */
+  readonly healthCheckAfter?: Duration.DurationInput | undefined
+}
+
+/**
+ * Options of `layer`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Where and how to connect; with `SmtpAuth` in context when the layer is built, every connection signs in. */
+  readonly connection: SmtpConnection.Options
+  /** The pool (default), or false for a fresh connection per send. */
+  readonly pool?: PoolOptions | false | undefined
+  /** The retry policy (default `SmtpRetry.defaultPolicy`), or false for none. */
+  readonly retry?: Schedule.Schedule<unknown, unknown> | false | undefined
+  /** At most `messages` transactions started per `per` (Nodemailer's `rateLimit` and `rateDelta`). */
+  readonly rateLimit?: { readonly messages: number; readonly per: Duration.DurationInput } | undefined
+  /** Transactions under way at once at most. Default: the pool's `maxConnections`. */
+  readonly maxConcurrentTransactions?: number | undefined
+  /** Options for every send, under each send's own. */
+  readonly sendOptions?: SmtpConnection.SendOptions | undefined
+  /** How long closing the layer waits for sends in flight before it closes the connections. Default 30 s. */
+  readonly shutdownTimeout?: Duration.DurationInput | undefined
+}
+
+/**
+ * What a send through the client returns: the transaction's result, with every recipient the server took across
+ * the attempts, the refusals that stood, and how many attempts it took.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface SendResult extends SmtpConnection.SendResult {
+  readonly attempts: number
+}
+
+/**
+ * What a send through the client can fail with: the connection could not be opened or signed in, or the message
+ * could not be sent, after the retries the policy allowed.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SendError = SmtpConnection.SendError | SmtpConnection.ConnectError
+
+/**
+ * The client.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface SmtpClient {
+  /** One message: envelope and body, with the client's pool, retries and limits. */
+  readonly send: <E = never, R = never>(
+    envelope: SmtpConnection.Envelope,
+    body: SmtpConnection.Body<E, R>,
+    options?: SmtpConnection.SendOptions
+  ) => Effect.Effect<SendResult, SendError | E, R>
+  /** A structured message, composed (`Message.compose`) and sent like `send`. */
+  readonly sendMessage: <M extends Message.Message<unknown, unknown>>(
+    message: M,
+    options?: SmtpConnection.SendOptions
+  ) => Effect.Effect<
+    SendResult & { readonly messageId: string },
+    SendError | Message.BodyError<M> | Message.ComposeError,
+    Message.BodyContext<M>
+  >
+}
+
+/**
+ * The client service.
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export const SmtpClient: Context.Tag<SmtpClient, SmtpClient> = internal.Tag
+
+/**
+ * Builds a client in a scope: closing it waits for sends in flight (up to `shutdownTimeout`) and QUITs every pooled
+ * connection.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: (options: Options) => Effect.Effect<SmtpClient, never, Scope.Scope | SmtpTransport> = internal.make
+
+/**
+ * The client as a layer. Connections are opened when sends need them, so building the layer cannot fail.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: (options: Options) => Layer.Layer<SmtpClient, never, SmtpTransport> = internal.layer
+
+/**
+ * The client as a layer, with its options read from `Config`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig: (
+  options: Config.Config.Wrap<Options>
+) => Layer.Layer<SmtpClient, ConfigError.ConfigError, SmtpTransport> = internal.layerConfig
+
+/**
+ * One message as the test client saw it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Recorded {
+  readonly envelope: SmtpConnection.Envelope
+  /** The body as it would go on the wire before dot-stuffing: the bytes given, read whole. */
+  readonly body: Uint8Array
+  readonly accepted: ReadonlyArray<string>
+  readonly rejected: ReadonlyArray<
+    { readonly recipient: string; readonly error: SmtpTransientError | SmtpPermanentError }
+  >
+}
+
+/**
+ * The errors the test client can be told to fail a send with.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TestFailure =
+  | NetworkError
+  | TimeoutError
+  | SmtpTransientError
+  | SmtpPermanentError
+  | SmtpProtocolError
+  | InvalidInputError
+  | SmtpCapabilityError
+
+/**
+ * Controls of the test client (Qore's test mode): what it recorded, and what it should refuse.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TestClient {
+  /** Every message accepted so far, in order. */
+  readonly sent: Effect.Effect<ReadonlyArray<Recorded>>
+  /** Refuse, from now on, every recipient for which `refuse` returns an error. */
+  readonly refuseRecipients: (
+    refuse: (recipient: string) => SmtpTransientError | SmtpPermanentError | undefined
+  ) => Effect.Effect<void>
+  /** Fail the next `times` sends (default 1) with `error`. */
+  readonly failNext: (error: TestFailure, times?: number) => Effect.Effect<void>
+  /** Forgets what was recorded and every rule. */
+  readonly reset: Effect.Effect<void>
+}
+
+/**
+ * The test client's controls.
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export const TestClient: Context.Tag<TestClient, TestClient> = internal.TestTag
+
+/**
+ * A client backed by memory, for tests: it checks each message as the real one does (addresses, no CR/LF, lines
+ * over 998 octets), records it, and connects nowhere. `TestClient` tells what it recorded and what to refuse.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerTest: Layer.Layer<SmtpClient | TestClient> = internal.layerTest
+
+/**
+ * The client's metrics (Effect `Metric`): messages sent and failed (tagged with the error), recipients refused for
+ * good (tagged `transient` or `permanent`), the duration of each send, the pool's open connections and waiting
+ * sends.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const metrics = {
+  messagesSent: internal.messagesSent,
+  messagesFailed: internal.messagesFailed,
+  recipientsRefused: internal.recipientsRefused,
+  sendDuration: internal.sendDuration,
+  poolConnections: internal.poolConnections,
+  poolWaiters: internal.poolWaiters
+} as const

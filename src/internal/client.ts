@@ -1,0 +1,381 @@
+/**
+ * The client behind `SmtpClient`: a pool of scoped connections (Effect `Pool`), each checked before it is handed
+ * out (closed, too old, too many messages, or idle and failing its NOOP: replaced), retries driven by a `Schedule`
+ * (only the recipients refused with a 4xx are tried again), a rate limit, a cap on concurrent transactions, metrics;
+ * and the test client backed by memory.
+ */
+import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Pool from "effect/Pool"
+import * as RateLimiter from "effect/RateLimiter"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as DataEncoder from "../DataEncoder.js"
+import * as Message from "../Message.js"
+import type * as SmtpClient from "../SmtpClient.js"
+import * as SmtpCommand from "../SmtpCommand.js"
+import * as SmtpConnection from "../SmtpConnection.js"
+import type { SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
+import * as SmtpReply from "../SmtpReply.js"
+import * as SmtpRetry from "../SmtpRetry.js"
+import type { SmtpTransport } from "../SmtpTransport.js"
+import * as Submission from "./submission.js"
+
+// ---------------------------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------------------------
+
+export const messagesSent = Metric.counter("smtp_client_messages_sent", {
+  description: "Messages the server accepted for at least one recipient",
+  incremental: true
+})
+export const messagesFailed = Metric.counter("smtp_client_messages_failed", {
+  description: "Messages that failed after every retry, tagged with the error",
+  incremental: true
+})
+export const recipientsRefused = Metric.counter("smtp_client_recipients_refused", {
+  description: "Recipients refused for good, tagged transient (4xx) or permanent (5xx)",
+  incremental: true
+})
+export const sendDuration = Metric.timer("smtp_client_send_duration", "A send from its start to its result")
+export const poolConnections = Metric.gauge("smtp_client_pool_connections", {
+  description: "Connections open in the pool"
+})
+export const poolWaiters = Metric.gauge("smtp_client_pool_waiters", {
+  description: "Sends waiting for a pooled connection"
+})
+
+// ---------------------------------------------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------------------------------------------
+
+interface Pooled {
+  readonly connection: SmtpConnection.SmtpConnection
+  readonly createdAt: number
+  uses: number
+  lastUsed: number
+}
+
+type WithConnection = <A, E, R>(
+  use: (connection: SmtpConnection.SmtpConnection) => Effect.Effect<A, E, R>
+) => Effect.Effect<A, E | SmtpConnection.ConnectError, Exclude<R, Scope.Scope>>
+
+const millis = (duration: Duration.DurationInput) => Duration.toMillis(Duration.decode(duration))
+
+/** The refusals that decide how a recipient ended: permanent ones, then the last transient ones. */
+const refusalTags = (rejected: ReadonlyArray<SmtpConnection.RejectedRecipient>) =>
+  Effect.forEach(
+    rejected,
+    (r) =>
+      Metric.increment(
+        Metric.tagged(recipientsRefused, "class", r.error._tag === "SmtpTransientError" ? "transient" : "permanent")
+      ),
+    { discard: true }
+  )
+
+export const make = (
+  options: SmtpClient.Options
+): Effect.Effect<SmtpClient.SmtpClient, never, Scope.Scope | SmtpTransport> =>
+  Effect.gen(function*() {
+    const poolOptions = options.pool === false ? undefined : options.pool ?? {}
+    const maxConnections = Math.max(1, poolOptions?.maxConnections ?? 4)
+    const maxMessages = Math.max(1, poolOptions?.maxMessagesPerConnection ?? 100)
+    const maxAge = millis(poolOptions?.maxConnectionAge ?? "5 minutes")
+    const healthCheck = poolOptions?.healthCheck ?? "NOOP"
+    const healthCheckAfter = millis(poolOptions?.healthCheckAfter ?? "1 second")
+    const retry = options.retry === undefined ? SmtpRetry.defaultPolicy : options.retry
+    const limit = options.rateLimit === undefined
+      ? undefined
+      : yield* RateLimiter.make({
+        limit: options.rateLimit.messages,
+        interval: options.rateLimit.per,
+        algorithm: "fixed-window"
+      })
+    const concurrency = options.maxConcurrentTransactions ?? (poolOptions === undefined ? undefined : maxConnections)
+    const transactions = concurrency === undefined ? undefined : yield* Effect.makeSemaphore(Math.max(1, concurrency))
+
+    let inFlight = 0
+    let open = 0
+    let waiting = 0
+
+    /** One connection for one transaction: fresh, or checked out of the pool and checked before use. */
+    // A fresh connection gets the context the client was built in: the transport, and SmtpAuth when it is there.
+    const context = Context.omit(Scope.Scope)(yield* Effect.context<SmtpTransport>())
+    const withConnection: WithConnection = poolOptions === undefined
+      ? (use) => Effect.scoped(Effect.flatMap(Effect.provide(SmtpConnection.make(options.connection), context), use))
+      : yield* Effect.gen(function*() {
+        const pool = yield* Pool.makeWithTTL({
+          acquire: Effect.gen(function*() {
+            const connection = yield* SmtpConnection.make(options.connection)
+            const now = yield* Clock.currentTimeMillis
+            open++
+            yield* Metric.set(poolConnections, open)
+            yield* Effect.addFinalizer(() => Effect.suspend(() => Metric.set(poolConnections, --open)))
+            return { connection, createdAt: now, uses: 0, lastUsed: now } satisfies Pooled as Pooled
+          }),
+          min: 0,
+          max: maxConnections,
+          timeToLive: poolOptions.idleTimeout ?? "30 seconds",
+          timeToLiveStrategy: "usage"
+        })
+
+        /** A connection fit for one more transaction, held in its own scope. */
+        const checkout = Effect.gen(function*() {
+          for (;;) {
+            const scope = yield* Scope.make()
+            const got = yield* Effect.exit(Scope.extend(Pool.get(pool), scope))
+            if (Exit.isFailure(got)) {
+              yield* Scope.close(scope, got)
+              return yield* Effect.failCause(got.cause)
+            }
+            const item = got.value
+            const now = yield* Clock.currentTimeMillis
+            const { closed } = yield* item.connection.state
+            let fit = !closed && now - item.createdAt < maxAge && item.uses < maxMessages
+            if (fit && healthCheck !== false && now - item.lastUsed >= healthCheckAfter) {
+              // Idle a while: the server may have closed it (RFC 5321 §4.5.3.2.7 lets it), so ask first.
+              const check = healthCheck === "NOOP" ? item.connection.noop() : item.connection.rset
+              fit = Exit.isSuccess(yield* Effect.exit(check))
+            }
+            if (fit) return { item, scope }
+            yield* Pool.invalidate(pool, item)
+            yield* Scope.close(scope, Exit.void)
+          }
+        }).pipe((find) =>
+          Effect.acquireUseRelease(
+            Effect.suspend(() => Metric.set(poolWaiters, ++waiting)),
+            () => find,
+            () => Effect.suspend(() => Metric.set(poolWaiters, --waiting))
+          )
+        )
+
+        const pooled: WithConnection = (use) =>
+          Effect.scoped(Effect.acquireUseRelease(
+            checkout,
+            ({ item }) => use(item.connection),
+            ({ item, scope }) =>
+              Effect.gen(function*() {
+                item.uses++
+                item.lastUsed = yield* Clock.currentTimeMillis
+                // A connection that saw a 421, a timeout or a protocol error is closed by now: never reused.
+                const { closed } = yield* item.connection.state
+                if (closed || item.uses >= maxMessages) yield* Pool.invalidate(pool, item)
+                yield* Scope.close(scope, Exit.void)
+              })
+          ))
+        return pooled
+      })
+
+    /** One transaction, within the rate limit and the cap on concurrent transactions. */
+    const attempt = <E, R>(
+      envelope: SmtpConnection.Envelope,
+      body: SmtpConnection.Body<E, R>,
+      sendOptions: SmtpConnection.SendOptions | undefined
+    ) => {
+      const once = withConnection((connection) =>
+        connection.send(envelope, body, { ...options.sendOptions, ...sendOptions })
+      )
+      const capped = transactions === undefined ? once : transactions.withPermits(1)(once)
+      return limit === undefined ? capped : limit(capped)
+    }
+
+    const send = <E = never, R = never>(
+      envelope: SmtpConnection.Envelope,
+      body: SmtpConnection.Body<E, R>,
+      sendOptions?: SmtpConnection.SendOptions
+    ): Effect.Effect<SmtpClient.SendResult, SmtpClient.SendError | E, R> =>
+      Effect.gen(function*() {
+        const driver = retry === false ? undefined : yield* Schedule.driver(retry)
+        const tryAgain = (error: unknown) =>
+          driver === undefined ? Effect.succeed(false) : Effect.isSuccess(driver.next(error))
+        const entries = new Map(envelope.to.map((entry) => [typeof entry === "string" ? entry : entry.address, entry]))
+        const accepted: Array<SmtpConnection.AcceptedRecipient> = []
+        const refused: Array<SmtpConnection.RejectedRecipient> = []
+        let current = envelope
+        let last: SmtpConnection.SendResult | undefined
+        let attempts = 0
+        for (;;) {
+          attempts++
+          const outcome = yield* Effect.either(attempt(current, body, sendOptions))
+          if (Either.isLeft(outcome)) {
+            if (yield* tryAgain(outcome.left)) continue
+            // Recipients an earlier attempt delivered to stay delivered; the rest keep their last refusal.
+            if (last === undefined) return yield* Effect.fail(outcome.left)
+            return { ...last, accepted, rejected: [...refused, ...last.rejected.filter(isTransient)], attempts }
+          }
+          const result = outcome.right
+          last = result
+          accepted.push(...result.accepted)
+          refused.push(...result.rejected.filter((r) => !isTransient(r)))
+          const transient = result.rejected.filter(isTransient)
+          if (transient.length === 0 || !(yield* tryAgain(transient[0]!.error))) {
+            return { ...result, accepted, rejected: [...refused, ...transient], attempts }
+          }
+          // Only the recipients refused with a 4xx are tried again.
+          current = { ...envelope, to: transient.map((r) => entries.get(r.recipient) ?? r.recipient) }
+        }
+      }).pipe(
+        Effect.tap((result) =>
+          Effect.zipRight(
+            result.accepted.length > 0 ? Metric.increment(messagesSent) : Effect.void,
+            refusalTags(result.rejected)
+          )
+        ),
+        Effect.tapError((error) =>
+          Metric.increment(
+            Metric.tagged(messagesFailed, "error", (error as { readonly _tag?: string })._tag ?? "unknown")
+          )
+        ),
+        // Every send's duration, failed ones too (Metric.trackDuration counts only successes).
+        (effect) =>
+          Effect.flatMap(Clock.currentTimeMillis, (started) =>
+            Effect.onExit(effect, () =>
+              Effect.flatMap(
+                Clock.currentTimeMillis,
+                (now) => Metric.update(sendDuration, Duration.millis(now - started))
+              ))),
+        (effect) =>
+          Effect.acquireUseRelease(
+            Effect.sync(() => inFlight++),
+            () => effect,
+            () => Effect.sync(() => inFlight--)
+          ),
+        Effect.withSpan("smtp.client.send", {
+          kind: "client",
+          attributes: { "server.address": options.connection.host }
+        })
+      )
+
+    // Closing: wait (bounded) for the sends in flight, then the pool's scope QUITs every connection.
+    const idle: Effect.Effect<void> = Effect.suspend(() =>
+      inFlight === 0 ? Effect.void : Effect.zipRight(Effect.sleep("10 millis"), idle)
+    )
+    yield* Effect.addFinalizer(() =>
+      Effect.ignore(Effect.timeout(idle, options.shutdownTimeout ?? "30 seconds")).pipe(Effect.interruptible)
+    )
+
+    return {
+      send,
+      sendMessage: (message, sendOptions) =>
+        Effect.flatMap(Message.compose(message), (composed) =>
+          Effect.map(
+            send(composed.envelope, composed.body, sendOptions),
+            (result) => ({ ...result, messageId: composed.messageId })
+          ))
+    } satisfies SmtpClient.SmtpClient
+  })
+
+const isTransient = (r: SmtpConnection.RejectedRecipient): boolean => r.error._tag === "SmtpTransientError"
+
+export const Tag = Context.GenericTag<SmtpClient.SmtpClient>("effect-smtp/SmtpClient")
+export const TestTag = Context.GenericTag<SmtpClient.TestClient>("effect-smtp/SmtpClient/TestClient")
+
+export const layer = (options: SmtpClient.Options): Layer.Layer<SmtpClient.SmtpClient, never, SmtpTransport> =>
+  Layer.scoped(Tag, make(options))
+
+export const layerConfig = (
+  options: Config.Config.Wrap<SmtpClient.Options>
+): Layer.Layer<SmtpClient.SmtpClient, ConfigError.ConfigError, SmtpTransport> =>
+  Layer.scoped(Tag, Effect.flatMap(Config.unwrap(options), make))
+
+// ---------------------------------------------------------------------------------------------------------------
+// The test client
+// ---------------------------------------------------------------------------------------------------------------
+
+const reply = (code: number, enhancedCode: string, text: string) =>
+  new SmtpReply.SmtpReply({ code, enhancedCode, lines: [text] })
+
+/** The body, read whole. */
+const bodyBytes = <E, R>(body: SmtpConnection.Body<E, R>): Effect.Effect<Uint8Array, E, R> =>
+  typeof body === "string"
+    ? Effect.succeed(new TextEncoder().encode(body))
+    : body instanceof Uint8Array
+    ? Effect.succeed(body)
+    : Effect.map(Stream.runCollect(body), (chunks) => Buffer.concat(Chunk.toReadonlyArray(chunks)))
+
+export const layerTest: Layer.Layer<SmtpClient.SmtpClient | SmtpClient.TestClient> = Layer.effectContext(
+  Effect.sync(() => {
+    let recorded: Array<SmtpClient.Recorded> = []
+    let refuse: ((recipient: string) => SmtpTransientError | SmtpPermanentError | undefined) | undefined
+    let failures: Array<SmtpClient.TestFailure> = []
+    let queued = 0
+
+    const send = <E = never, R = never>(
+      envelope: SmtpConnection.Envelope,
+      body: SmtpConnection.Body<E, R>,
+      sendOptions?: SmtpConnection.SendOptions
+    ): Effect.Effect<SmtpClient.SendResult, SmtpClient.SendError | E, R> =>
+      Effect.gen(function*() {
+        const failure = failures.shift()
+        if (failure !== undefined) return yield* Effect.fail(failure)
+        const recipients = envelope.to.map((entry) => typeof entry === "string" ? entry : entry.address)
+        // The same checks as on the wire: every command encodes, and the body has no line over 998 octets.
+        yield* SmtpCommand.encodeGroup([
+          SmtpCommand.mail(envelope.from, envelope.mailParameters),
+          ...envelope.to.map((entry) =>
+            typeof entry === "string"
+              ? SmtpCommand.rcpt(entry, envelope.rcptParameters)
+              : SmtpCommand.rcpt(entry.address, entry.parameters ?? envelope.rcptParameters)
+          )
+        ])
+        const bytes = yield* bodyBytes(body)
+        yield* DataEncoder.encode(bytes, { allowLongLines: sendOptions?.allowLongLines })
+        const accepted: Array<SmtpConnection.AcceptedRecipient> = []
+        const rejected: Array<SmtpConnection.RejectedRecipient> = []
+        for (const recipient of recipients) {
+          const error = refuse?.(recipient)
+          if (error === undefined) accepted.push({ recipient, reply: reply(250, "2.1.5", "Ok"), delivery: undefined })
+          else rejected.push({ recipient, error })
+        }
+        if (accepted.length === 0) return yield* Effect.fail(Submission.refusedByAll(rejected))
+        recorded.push({
+          envelope,
+          body: bytes,
+          accepted: accepted.map((a) => a.recipient),
+          rejected: rejected.map((r) => ({ recipient: r.recipient, error: r.error }))
+        })
+        return {
+          accepted,
+          rejected,
+          response: reply(250, "2.0.0", `Ok: queued as TEST${++queued}`),
+          method: "DATA",
+          roundTrips: 0,
+          attempts: 1
+        } satisfies SmtpClient.SendResult
+      })
+
+    const client: SmtpClient.SmtpClient = {
+      send,
+      sendMessage: (message, sendOptions) =>
+        Effect.flatMap(Message.compose(message), (composed) =>
+          Effect.map(
+            send(composed.envelope, composed.body, sendOptions),
+            (result) => ({ ...result, messageId: composed.messageId })
+          ))
+    }
+    const controls: SmtpClient.TestClient = {
+      sent: Effect.sync(() => [...recorded]),
+      refuseRecipients: (rule) => Effect.sync(() => void (refuse = rule)),
+      failNext: (error, times = 1) =>
+        Effect.sync(() => {
+          for (let i = 0; i < times; i++) failures.push(error)
+        }),
+      reset: Effect.sync(() => {
+        recorded = []
+        refuse = undefined
+        failures = []
+      })
+    }
+    return Context.make(Tag, client).pipe(Context.add(TestTag, controls))
+  })
+)
