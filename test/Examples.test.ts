@@ -20,4 +20,15 @@ describe("examples", () => {
     expect(await run("examples/commands.ts")).toContain("Refused before sending: Invalid RCPT TO address")
     expect(await run("examples/stream.ts")).toContain("The server received 10003 lines.")
   })
+
+  it("the client and bulk examples run: a pooled client in a layer graph, progress, metrics", async () => {
+    const client = await run("examples/client.ts")
+    expect(client).toMatch(/^Sent the welcome message <[^>]+@example\.org>$/m)
+    expect(client).toContain("The server received it for new.user@example.org")
+    const bulk = await run("examples/bulk.ts")
+    expect(bulk).toContain("100 of 500 sent")
+    expect(bulk).toContain("500 of 500 sent")
+    expect(bulk).toContain("Done: 500 accepted, 0 failed; the server has 500.")
+    expect(bulk).toContain("smtp_client_messages_sent is 500")
+  })
 })
