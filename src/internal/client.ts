@@ -72,16 +72,18 @@ type WithConnection = <A, E, R>(
 
 const millis = (duration: Duration.DurationInput) => Duration.toMillis(Duration.decode(duration))
 
-/** The refusals that decide how a recipient ended: permanent ones, then the last transient ones. */
-const refusalTags = (rejected: ReadonlyArray<SmtpConnection.RejectedRecipient>) =>
-  Effect.forEach(
-    rejected,
-    (r) =>
-      Metric.increment(
-        Metric.tagged(recipientsRefused, "class", r.error._tag === "SmtpTransientError" ? "transient" : "permanent")
-      ),
-    { discard: true }
+const refusedTransient = Metric.tagged(recipientsRefused, "class", "transient")
+const refusedPermanent = Metric.tagged(recipientsRefused, "class", "permanent")
+
+/** Counts the refusals that stood, by class. */
+const countRefusals = (rejected: ReadonlyArray<SmtpConnection.RejectedRecipient>) => {
+  const transient = rejected.filter(isTransient).length
+  const permanent = rejected.length - transient
+  return Effect.zipRight(
+    transient === 0 ? Effect.void : Metric.incrementBy(refusedTransient, transient),
+    permanent === 0 ? Effect.void : Metric.incrementBy(refusedPermanent, permanent)
   )
+}
 
 export const make = (
   options: SmtpClient.Options
@@ -195,9 +197,17 @@ export const make = (
       sendOptions?: SmtpConnection.SendOptions
     ): Effect.Effect<SmtpClient.SendResult, SmtpClient.SendError | E, R> =>
       Effect.gen(function*() {
-        const driver = retry === false ? undefined : yield* Schedule.driver(retry)
-        const tryAgain = (error: unknown) =>
-          driver === undefined ? Effect.succeed(false) : Effect.isSuccess(driver.next(error))
+        // Made at the first failure: a send that goes through at once pays nothing for its retries.
+        let driver: Schedule.ScheduleDriver<unknown, unknown> | undefined
+        const tryAgain = (error: unknown): Effect.Effect<boolean> =>
+          retry === false ? Effect.succeed(false) : Effect.suspend(() =>
+            driver === undefined
+              ? Effect.flatMap(Schedule.driver(retry), (made) => {
+                driver = made
+                return Effect.isSuccess(made.next(error))
+              })
+              : Effect.isSuccess(driver.next(error))
+          )
         const entries = new Map(envelope.to.map((entry) => [typeof entry === "string" ? entry : entry.address, entry]))
         const accepted: Array<SmtpConnection.AcceptedRecipient> = []
         const refused: Array<SmtpConnection.RejectedRecipient> = []
@@ -228,7 +238,7 @@ export const make = (
         Effect.tap((result) =>
           Effect.zipRight(
             result.accepted.length > 0 ? Metric.increment(messagesSent) : Effect.void,
-            refusalTags(result.rejected)
+            countRefusals(result.rejected)
           )
         ),
         Effect.tapError((error) =>
@@ -251,6 +261,7 @@ export const make = (
             () => Effect.sync(() => inFlight--)
           ),
         Effect.withSpan("smtp.client.send", {
+          captureStackTrace: false,
           kind: "client",
           attributes: { "server.address": options.connection.host }
         })

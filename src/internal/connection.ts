@@ -611,7 +611,10 @@ export const make = (
             })
           )
         )
-      }).pipe(Effect.withSpan("smtp.send", { kind: "client", attributes: spanAttributes }))
+      }).pipe(
+        // The hot path: no stack trace captured for the span (it costs more than the rest of the span).
+        Effect.withSpan("smtp.send", { kind: "client", attributes: spanAttributes, captureStackTrace: false })
+      )
 
     const sendAll = <E = never, R = never, R2 = never>(
       submissions:
