@@ -309,15 +309,23 @@ interface Transaction {
 }
 
 /** A reply still due, and what to do with it. */
-interface Due {
-  /** False for a message refused before sending, whose result waits only for its turn. */
-  readonly read: boolean
+interface ReplyDue {
+  readonly _tag: "Reply"
   readonly verb: string
   readonly phase: Phase
   readonly mayHaveBeenDelivered: boolean
   readonly transaction: Transaction | undefined
   readonly handle: (reply: SmtpReply.SmtpReply) => Effect.Effect<void, Fatal>
 }
+
+/** The turn of a message refused before sending: its result comes out when every earlier one has. */
+interface TurnDue {
+  readonly _tag: "Turn"
+  readonly transaction: Transaction
+  readonly run: Effect.Effect<void>
+}
+
+type Due = ReplyDue | TurnDue
 
 /** Refused by every recipient: transient if any refusal was 4xx (RFC 5321 §4.2.5), else the first refusal. */
 export const refusedByAll = (rejected: ReadonlyArray<SmtpConnection.RejectedRecipient>): RefusalError => {
@@ -359,7 +367,7 @@ export const run = <E, R, R2>(
         outBytes += bytes.length
         return outBytes >= FLUSH_AT ? flush : Effect.void
       })
-    const command = (bytes: Uint8Array, line: string, entry: Due) =>
+    const command = (bytes: Uint8Array, line: string, entry: ReplyDue) =>
       Effect.suspend(() => {
         session.note(line)
         due.push(entry)
@@ -396,7 +404,7 @@ export const run = <E, R, R2>(
       yield* flush
       const entry = due.shift()
       if (entry === undefined) return
-      if (!entry.read) return yield* entry.handle(undefined as never)
+      if (entry._tag === "Turn") return yield* entry.run
       const reply = yield* session.readReply(entry.phase, entry.verb, entry.mayHaveBeenDelivered)
       entry.transaction?.flushes.add(flushes)
       yield* entry.handle(reply)
@@ -418,8 +426,8 @@ export const run = <E, R, R2>(
           error._tag === "SmtpProtocolError" || error.code === 421 ? Effect.fail(error) : Effect.succeed(error)
       })
 
-    const mailDue = (transaction: Transaction): Due => ({
-      read: true,
+    const mailDue = (transaction: Transaction): ReplyDue => ({
+      _tag: "Reply",
       verb: "MAIL",
       phase: "mail",
       mayHaveBeenDelivered: false,
@@ -429,8 +437,8 @@ export const run = <E, R, R2>(
           ? Effect.void
           : Effect.map(refusal(reply, "MAIL"), (error) => void (transaction.mailError = error))
     })
-    const rcptDue = (transaction: Transaction, recipient: string): Due => ({
-      read: true,
+    const rcptDue = (transaction: Transaction, recipient: string): ReplyDue => ({
+      _tag: "Reply",
       verb: "RCPT",
       phase: "rcpt",
       mayHaveBeenDelivered: false,
@@ -447,8 +455,8 @@ export const run = <E, R, R2>(
       }
     })
     /** A reply nobody waits for (RSET, or the end of an empty DATA); only a broken session matters. */
-    const ignoredDue = (verb: string, phase: Phase): Due => ({
-      read: true,
+    const ignoredDue = (verb: string, phase: Phase): ReplyDue => ({
+      _tag: "Reply",
       verb,
       phase,
       mayHaveBeenDelivered: false,
@@ -543,7 +551,7 @@ export const run = <E, R, R2>(
       Effect.gen(function*() {
         const data = SmtpCommand.encode(SmtpCommand.data).pipe(Either.getOrThrow)
         yield* command(data, "DATA", {
-          read: true,
+          _tag: "Reply",
           verb: "DATA",
           phase: "dataStart",
           mayHaveBeenDelivered: false,
@@ -574,7 +582,7 @@ export const run = <E, R, R2>(
         session.note(`<message body, ${sent.right} octets, then .>`)
         transaction.endQueued = true
         due.push({
-          read: true,
+          _tag: "Reply",
           verb: "DATA",
           phase: "dataEnd",
           mayHaveBeenDelivered: true,
@@ -583,8 +591,8 @@ export const run = <E, R, R2>(
         })
       })
 
-    const bdatDue = (transaction: Transaction, last: boolean): Due => ({
-      read: true,
+    const bdatDue = (transaction: Transaction, last: boolean): ReplyDue => ({
+      _tag: "Reply",
       verb: "BDAT",
       phase: last ? "dataEnd" : "dataBlock",
       mayHaveBeenDelivered: last,
@@ -655,14 +663,7 @@ export const run = <E, R, R2>(
           if (open.length === 0) return yield* emit(Either.left(planned.left))
           const placeholder = newTransaction("DATA")
           open.push(placeholder)
-          due.push({
-            read: false,
-            verb: "",
-            phase: "command",
-            mayHaveBeenDelivered: false,
-            transaction: placeholder,
-            handle: () => fail(placeholder, planned.left)
-          })
+          due.push({ _tag: "Turn", transaction: placeholder, run: fail(placeholder, planned.left) })
           return
         }
         const p = planned.right
