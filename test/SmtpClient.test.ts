@@ -470,6 +470,37 @@ describe("metrics", () => {
     }))
 })
 
+describe("pool metrics", () => {
+  it.scopedLive("the pool's open connections and waiting sends are gauges", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer({
+        onMailFrom(_address, _session, callback) {
+          setTimeout(callback, 30)
+        }
+      })
+      const waiters: Array<number> = []
+      const open = yield* withClient(server.port, { pool: { maxConnections: 2 } }, (client) =>
+        Effect.gen(function*() {
+          const fiber = yield* Effect.fork(
+            Effect.forEach(
+              Array.from({ length: 8 }, (_, i) => i),
+              (i) => client.send({ from: "a@example.org", to: ["b@example.org"] }, message(i)),
+              { concurrency: "unbounded", discard: true }
+            )
+          )
+          yield* Effect.sleep("20 millis")
+          waiters.push((yield* Metric.value(SmtpClient.metrics.poolWaiters)).value)
+          yield* Fiber.join(fiber)
+          return (yield* Metric.value(SmtpClient.metrics.poolConnections)).value
+        }))
+      expect(waiters[0]).toBeGreaterThanOrEqual(6)
+      expect(open).toBe(2)
+      // The layer is closed: its connections are gone.
+      expect((yield* Metric.value(SmtpClient.metrics.poolConnections)).value).toBe(0)
+      expect((yield* Metric.value(SmtpClient.metrics.poolWaiters)).value).toBe(0)
+    }))
+})
+
 describe("layerConfig", () => {
   it.scopedLive("reads the client's options from Config", () =>
     Effect.gen(function*() {

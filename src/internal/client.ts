@@ -52,7 +52,7 @@ export const poolConnections = Metric.gauge("smtp_client_pool_connections", {
   description: "Connections open in the pool"
 })
 export const poolWaiters = Metric.gauge("smtp_client_pool_waiters", {
-  description: "Sends waiting for a pooled connection"
+  description: "Sends waiting for a connection (the pool, or the cap on concurrent transactions)"
 })
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -153,13 +153,7 @@ export const make = (
             yield* Pool.invalidate(pool, item)
             yield* Scope.close(scope, Exit.void)
           }
-        }).pipe((find) =>
-          Effect.acquireUseRelease(
-            Effect.suspend(() => Metric.set(poolWaiters, ++waiting)),
-            () => find,
-            () => Effect.suspend(() => Metric.set(poolWaiters, --waiting))
-          )
-        )
+        })
 
         const pooled: WithConnection = (use) =>
           Effect.scoped(Effect.acquireUseRelease(
@@ -178,17 +172,29 @@ export const make = (
         return pooled
       })
 
-    /** One transaction, within the rate limit and the cap on concurrent transactions. */
+    /**
+     * One transaction, within the rate limit and the cap on concurrent transactions. From the cap until it has a
+     * connection, the send counts as waiting.
+     */
     const attempt = <E, R>(
       envelope: SmtpConnection.Envelope,
       body: SmtpConnection.Body<E, R>,
       sendOptions: SmtpConnection.SendOptions | undefined
     ) => {
-      const once = withConnection((connection) =>
-        connection.send(envelope, body, { ...options.sendOptions, ...sendOptions })
-      )
-      const capped = transactions === undefined ? once : transactions.withPermits(1)(once)
-      return limit === undefined ? capped : limit(capped)
+      const waited = Effect.suspend(() => {
+        let stillWaiting = true
+        const stopWaiting = Effect.suspend(() => {
+          if (!stillWaiting) return Effect.void
+          stillWaiting = false
+          return Metric.set(poolWaiters, --waiting)
+        })
+        const once = withConnection((connection) =>
+          Effect.zipRight(stopWaiting, connection.send(envelope, body, { ...options.sendOptions, ...sendOptions }))
+        )
+        const capped = transactions === undefined ? once : transactions.withPermits(1)(once)
+        return Effect.zipRight(Metric.set(poolWaiters, ++waiting), Effect.ensuring(capped, stopWaiting))
+      })
+      return limit === undefined ? waited : limit(waited)
     }
 
     const send = <E = never, R = never>(
