@@ -19,8 +19,11 @@ export interface Case {
    */
   readonly repeat?: number | undefined
   readonly run: () => number | Promise<number>
-  /** Throws when a run's result is wrong. */
-  readonly verify: (result: number) => void
+  /**
+   * Throws (or rejects) when a run's result is wrong. Runs after the clock stops, so it may wait, e.g. for a server
+   * to report what it received.
+   */
+  readonly verify: (result: number) => void | Promise<void>
 }
 
 export interface Options {
@@ -55,7 +58,7 @@ const timeOnce = async (c: Case): Promise<number> => {
     results.push(typeof pending === "number" ? pending : await pending)
   }
   const elapsed = performance.now() - start
-  for (const result of results) c.verify(result)
+  for (const result of results) await c.verify(result)
   return elapsed / repeat
 }
 
@@ -81,7 +84,7 @@ export const measure = async (cases: ReadonlyArray<Case>, options: Options): Pro
 /** MB/s with MB = 10^6 octets. */
 export const mbPerSecond = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1e3)
 
-const fixed = (value: number): string =>
+export const fixed = (value: number): string =>
   value >= 100 ? value.toFixed(0) : value >= 10 ? value.toFixed(1) : value.toFixed(2)
 
 const count = (value: number): string =>
@@ -111,6 +114,15 @@ export const table = (title: string, results: ReadonlyArray<Result>, itemLabel =
       r.medianMs.toFixed(1)
     ]
   })
+  return columns(title, header, rows)
+}
+
+/** Lays out a plain-text table under `title`: the first column left-aligned, the others right-aligned. */
+export const columns = (
+  title: string,
+  header: ReadonlyArray<string>,
+  rows: ReadonlyArray<ReadonlyArray<string>>
+): string => {
   const widths = header.map((h, col) => Math.max(h.length, ...rows.map((row) => row[col]!.length)))
   const line = (cells: ReadonlyArray<string>): string =>
     cells.map((cell, col) => col === 0 ? cell.padEnd(widths[col]!) : cell.padStart(widths[col]!)).join("  ")

@@ -1,6 +1,7 @@
 /**
- * The benchmarks of the sans-IO protocol core: `npm run bench`. Prints one table per group; see
- * docs/benchmarks.md for what each row measures.
+ * The benchmarks: `npm run bench`. Prints one table per group; see docs/benchmarks.md for what each row measures.
+ * Without an argument it runs every group; `node .bench-build/bench/index.js core` runs only the sans-IO protocol
+ * core (reply parsing, DATA encoding), `... submission` only the submission benchmarks (real servers and sockets).
  */
 import { readFileSync } from "node:fs"
 import * as os from "node:os"
@@ -8,6 +9,7 @@ import * as DataEncoding from "./dataEncoding.js"
 import type { Options } from "./harness.js"
 import { measure, table } from "./harness.js"
 import * as ReplyParsing from "./replyParsing.js"
+import * as Submission from "./submission.js"
 
 const REPLIES = 1_000_000
 const MAX_SMALL_CHUNK = 64
@@ -26,9 +28,9 @@ const cpuModel = (): string => {
 
 const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`
 
-const main = async (): Promise<void> => {
-  const started = performance.now()
-  console.log(`node ${process.version}, ${os.cpus().length} cores, ${cpuModel()}`)
+const GROUPS = ["core", "submission"]
+
+const core = async (): Promise<void> => {
   console.log(
     `${OPTIONS.warmupRounds} warm-up round, median of ${OPTIONS.rounds} rounds, cases interleaved; ` +
       "MB = 10^6 octets; \"x copy\" = MB/s over the chunked copy's MB/s;\n" +
@@ -63,7 +65,25 @@ const main = async (): Promise<void> => {
       table(`DATA encoding, 64 KiB chunks, ${label}`, await measure(DataEncoding.cases(DataStream, text), OPTIONS))
     )
   }
+}
 
+const submission = async (): Promise<void> => {
+  console.log(
+    "\nSubmission: one connection per run, servers and proxies in their own processes; " +
+      "median of the measured rounds, cases interleaved"
+  )
+  await Submission.run(console.log)
+}
+
+const main = async (): Promise<void> => {
+  const only = process.argv[2]
+  if (only !== undefined && !GROUPS.includes(only)) {
+    throw new Error(`unknown group ${only}: give one of ${GROUPS.join(", ")}, or none for all`)
+  }
+  const started = performance.now()
+  console.log(`node ${process.version}, ${os.cpus().length} cores, ${cpuModel()}`)
+  if (only === undefined || only === "core") await core()
+  if (only === undefined || only === "submission") await submission()
   console.log(`\nTotal ${((performance.now() - started) / 1e3).toFixed(1)} s`)
 }
 

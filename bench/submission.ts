@@ -1,0 +1,528 @@
+/**
+ * Submission: whole SMTP sessions against real servers in other processes, our engine (`SmtpConnection.sendAll`)
+ * beside Nodemailer and beside a raw pipelined client that writes pre-encoded bytes to a socket (the practical
+ * limit).
+ *
+ * - Latency-bound: 500 messages of 5,000 octets on one connection through a proxy that adds 5 ms each way, to
+ *   smtp-server (DATA) and to Postfix (BDAT and DATA).
+ * - CPU: 5,000 messages straight to smtp-server, the client's CPU time per message.
+ * - Memory: the client's peak RSS while it streams a 1 GiB body to a sink.
+ *
+ * Every run checks what the server received and throws when it differs from what was sent.
+ */
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Stream from "effect/Stream"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import nodemailer from "nodemailer"
+import * as DataEncoder from "../src/DataEncoder.js"
+import * as SmtpConnection from "../src/SmtpConnection.js"
+import * as SmtpTransport from "../src/SmtpTransport.js"
+import type { PostfixServer } from "../test/support/postfix.js"
+import { startPostfix } from "../test/support/postfix.js"
+import type { Child } from "./child.js"
+import { runChild, startChild } from "./child.js"
+import type { Case, Options, Result } from "./harness.js"
+import { columns, fixed, measure, median } from "./harness.js"
+import type { Message } from "./messages.js"
+import { memoryBlock, MESSAGE_SIZE, messages } from "./messages.js"
+import * as RawClient from "./rawClient.js"
+
+const LATENCY_MESSAGES = 500
+const LATENCY_WARMUP_MESSAGES = 50
+const CPU_MESSAGES = 5_000
+const CPU_WARMUP_MESSAGES = 500
+const DELAY_MS = 5
+const NOOPS = 20
+const MEMORY_OCTETS = 2 ** 30
+/** Two rounds: the latency-bound runs take 5 to 15 s each. A short warm-up round comes first (see `latency`). */
+const LATENCY_OPTIONS: Options = { warmupRounds: 0, rounds: 2 }
+/** The BDAT runs take 1 to 2 s and spread more (Postfix sets their pace): nine rounds of their own. */
+const SHORT_OPTIONS: Options = { warmupRounds: 0, rounds: 9 }
+/** Five rounds: CPU time per message on this shared machine moves by up to 2x from one run to the next. */
+const CPU_OPTIONS: Options = { warmupRounds: 0, rounds: 5 }
+/** No run of 500 or 5,000 messages takes this long unless something hangs. */
+const RUN_TIMEOUT_MS = 120_000
+
+const SERVER_PROCESS = new URL("./serverProcess.js", import.meta.url)
+const MEMORY_CLIENT = new URL("./memoryClient.js", import.meta.url)
+
+/** A server's own count of what it received, checked after every run against the total sent to it so far. */
+interface Tally {
+  /** Adds `count` messages to the total sent, then waits until the server has them all; throws otherwise. */
+  readonly check: (count: number) => Promise<void>
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** smtp-server in its child: it counts messages and octets (after removing dot-stuffing and the terminator). */
+const smtpServerTally = (server: Child): Tally => {
+  let sent = 0
+  return {
+    check: async (count) => {
+      sent += count
+      const stats = await server.request("stats")
+      if (stats.messages !== sent || stats.octets !== sent * MESSAGE_SIZE) {
+        throw new Error(
+          `smtp-server received ${stats.messages} messages, ${stats.octets} octets; ` +
+            `sent ${sent} messages, ${sent * MESSAGE_SIZE} octets`
+        )
+      }
+    }
+  }
+}
+
+/** Postfix: delivery to the Maildir is asynchronous, so this waits (up to a minute) until the files are there. */
+const postfixTally = (postfix: PostfixServer): Tally => {
+  const maildir = path.join(postfix.directory, "mail", "inbox")
+  const delivered = (): number =>
+    ["new", "cur"].reduce((n, folder) => {
+      try {
+        return n + fs.readdirSync(path.join(maildir, folder)).length
+      } catch {
+        return n
+      }
+    }, 0)
+  let sent = 0
+  return {
+    check: async (count) => {
+      sent += count
+      const deadline = performance.now() + 60_000
+      let found = delivered()
+      while (found < sent && performance.now() < deadline) {
+        await sleep(20)
+        found = delivered()
+      }
+      if (found !== sent) throw new Error(`Postfix delivered ${found} messages, sent ${sent}\n${postfix.log()}`)
+    }
+  }
+}
+
+const withDeadline = async <A>(what: string, ms: number, work: Promise<A>): Promise<A> => {
+  let timer: NodeJS.Timeout | undefined
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no end within ${ms} ms`)), ms)
+  })
+  try {
+    return await Promise.race([work, expired])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** What a row is compared with: the fastest Nodemailer row and the raw row of the same server. */
+interface Row {
+  readonly kind: "nodemailer" | "raw" | "ours"
+  /** The name of the raw case an ours row is held against. */
+  readonly raw?: string | undefined
+  /** A run over in 1–2 s (BDAT): measured in rounds of its own, more of them, as its figures spread more. */
+  readonly short?: boolean | undefined
+  readonly case: Case
+}
+
+/** The checks every case does after its run: the client's count, then the server's. */
+const expecting = (what: string, count: number, tally: Tally) => async (accepted: number): Promise<void> => {
+  if (accepted !== count) throw new Error(`${what}: ${accepted} messages accepted, sent ${count}`)
+  await tally.check(count)
+}
+
+const nodemailerCase = (
+  name: string,
+  port: number,
+  tally: Tally,
+  batch: ReadonlyArray<Message>,
+  mode: "sequential" | "burst"
+): Case => ({
+  name,
+  bytes: batch.length * MESSAGE_SIZE,
+  items: batch.length,
+  run: async () => {
+    // One connection for every message: a pool of one that never retires it.
+    const transport = nodemailer.createTransport({
+      pool: true,
+      maxConnections: 1,
+      maxMessages: Infinity,
+      host: "127.0.0.1",
+      port,
+      secure: false,
+      ignoreTLS: true,
+      name: "bench.example"
+    })
+    try {
+      const send = async (m: Message): Promise<number> => {
+        const info = await transport.sendMail({ envelope: { from: m.from, to: [m.to] }, raw: m.body })
+        if (info.accepted.length !== 1 || !info.response.startsWith("250")) {
+          throw new Error(`Nodemailer: ${JSON.stringify(info)}`)
+        }
+        return 1
+      }
+      const all = async (): Promise<number> => {
+        if (mode === "burst") return (await Promise.all(batch.map(send))).length
+        let accepted = 0
+        for (const m of batch) accepted += await send(m)
+        return accepted
+      }
+      return await withDeadline(name, RUN_TIMEOUT_MS, all())
+    } finally {
+      transport.close()
+    }
+  },
+  verify: expecting(name, batch.length, tally)
+})
+
+const rawDataCase = (name: string, port: number, tally: Tally, batch: ReadonlyArray<Message>): Case => {
+  const bodies = batch.map((m) => Either.getOrThrow(DataEncoder.encode(m.body)))
+  return {
+    name,
+    bytes: batch.length * MESSAGE_SIZE,
+    items: batch.length,
+    run: () => RawClient.sendData(port, batch, bodies, RUN_TIMEOUT_MS),
+    verify: expecting(name, batch.length, tally)
+  }
+}
+
+const rawBdatCase = (
+  name: string,
+  port: number,
+  tally: Tally,
+  batch: ReadonlyArray<Message>,
+  window: number
+): Case => ({
+  name,
+  bytes: batch.length * MESSAGE_SIZE,
+  items: batch.length,
+  run: () =>
+    RawClient.sendBdat(
+      port,
+      batch,
+      batch.map((m) => m.body),
+      window,
+      RUN_TIMEOUT_MS
+    ),
+  verify: expecting(name, batch.length, tally)
+})
+
+/** Round trips per message of each ours case's last run, from `SendResult.roundTrips`. */
+const roundTrips = new Map<string, number>()
+
+const oursCase = (
+  name: string,
+  port: number,
+  tally: Tally,
+  batch: ReadonlyArray<Message>,
+  options: { readonly window?: number; readonly chunking?: boolean },
+  method: "DATA" | "BDAT"
+): Case => {
+  const submissions = batch.map((m) => ({ envelope: { from: m.from, to: [m.to] }, body: m.body }))
+  const program = Effect.gen(function*() {
+    const connection = yield* SmtpConnection.make({ host: "127.0.0.1", port, tls: "none", clientName: "bench.example" })
+    const results = yield* Stream.runCollect(connection.sendAll(submissions, options))
+    let accepted = 0
+    let trips = 0
+    let i = 0
+    for (const result of results) {
+      const m = batch[i++]!
+      if (Either.isLeft(result)) return yield* Effect.fail(new Error(`${name}: message ${i - 1}: ${result.left}`))
+      const sent = result.right
+      if (
+        sent.accepted.length !== 1 || sent.accepted[0]!.recipient !== m.to || sent.rejected.length !== 0 ||
+        sent.response.code !== 250 || sent.method !== method
+      ) {
+        return yield* Effect.fail(new Error(`${name}: message ${i - 1}: unexpected result ${JSON.stringify(sent)}`))
+      }
+      accepted++
+      trips += sent.roundTrips
+    }
+    roundTrips.set(name, trips / batch.length)
+    return accepted
+  }).pipe(
+    Effect.scoped,
+    Effect.provide(SmtpTransport.layerNode),
+    Effect.timeoutFail({ duration: RUN_TIMEOUT_MS, onTimeout: () => new Error(`${name}: no end within the timeout`) })
+  )
+  return {
+    name,
+    bytes: batch.length * MESSAGE_SIZE,
+    items: batch.length,
+    run: () => Effect.runPromise(program),
+    verify: expecting(name, batch.length, tally)
+  }
+}
+
+const rate = (r: Result): number => r.items! / (r.medianMs / 1e3)
+const slowest = (r: Result): number => r.items! / (Math.max(...r.samples) / 1e3)
+const fastest = (r: Result): number => r.items! / (Math.min(...r.samples) / 1e3)
+
+/** Messages/s per row, against the fastest Nodemailer row and against the row's raw case. */
+const rateTable = (title: string, rows: ReadonlyArray<Row>, results: ReadonlyArray<Result>): string => {
+  const byName = new Map(results.map((r) => [r.name, r]))
+  const nodemailerBest = Math.max(
+    ...rows.filter((r) => r.kind === "nodemailer").map((r) => rate(byName.get(r.case.name)!))
+  )
+  const lines = rows.map((row) => {
+    const r = byName.get(row.case.name)!
+    const raw = row.raw === undefined ? undefined : byName.get(row.raw)
+    return [
+      r.name,
+      fixed(rate(r)),
+      Number.isFinite(nodemailerBest) ? (rate(r) / nodemailerBest).toFixed(2) : "",
+      raw === undefined ? "" : (rate(r) / rate(raw)).toFixed(3),
+      `${fixed(slowest(r))}–${fixed(fastest(r))}`,
+      r.medianMs.toFixed(0),
+      roundTrips.has(r.name) ? roundTrips.get(r.name)!.toFixed(2) : ""
+    ]
+  })
+  return columns(title, ["case", "msg/s", "x Nodemailer", "x raw", "msg/s range", "ms/run", "RT/msg"], lines)
+}
+
+/** The latency-bound rows of both servers, for `batch`. */
+const latencyRows = (
+  batch: ReadonlyArray<Message>,
+  smtpServer: Tally,
+  smtpProxy: number,
+  postfix: Tally,
+  postfixProxy: number
+): { readonly smtp: ReadonlyArray<Row>; readonly postfix: ReadonlyArray<Row> } => ({
+  smtp: [
+    {
+      kind: "nodemailer",
+      case: nodemailerCase("Nodemailer, sendMail awaited in turn", smtpProxy, smtpServer, batch, "sequential")
+    },
+    {
+      kind: "nodemailer",
+      case: nodemailerCase("Nodemailer, all sendMail at once", smtpProxy, smtpServer, batch, "burst")
+    },
+    { kind: "raw", case: rawDataCase("raw, DATA pipelined", smtpProxy, smtpServer, batch) },
+    {
+      kind: "ours",
+      raw: "raw, DATA pipelined",
+      case: oursCase("ours, sendAll", smtpProxy, smtpServer, batch, {}, "DATA")
+    }
+  ],
+  postfix: [
+    {
+      kind: "nodemailer",
+      case: nodemailerCase("Nodemailer (Postfix), all sendMail at once", postfixProxy, postfix, batch, "burst")
+    },
+    { kind: "raw", case: rawDataCase("raw (Postfix), DATA pipelined", postfixProxy, postfix, batch) },
+    {
+      kind: "ours",
+      raw: "raw (Postfix), DATA pipelined",
+      case: oursCase(
+        "ours (Postfix), sendAll, chunking: false",
+        postfixProxy,
+        postfix,
+        batch,
+        { chunking: false },
+        "DATA"
+      )
+    },
+    ...[16, 64].flatMap((window): ReadonlyArray<Row> => [
+      {
+        kind: "raw",
+        short: true,
+        case: rawBdatCase(`raw (Postfix), BDAT, window ${window}`, postfixProxy, postfix, batch, window)
+      },
+      {
+        kind: "ours",
+        short: true,
+        raw: `raw (Postfix), BDAT, window ${window}`,
+        case: oursCase(
+          `ours (Postfix), sendAll, BDAT, window ${window}`,
+          postfixProxy,
+          postfix,
+          batch,
+          { window },
+          "BDAT"
+        )
+      }
+    ])
+  ]
+})
+
+const latency = async (
+  log: (line: string) => void,
+  smtpServer: Tally,
+  smtpProxy: number,
+  postfix: Tally,
+  postfixProxy: number
+) => {
+  // The warm-up round sends a tenth of the messages: a full one would add minutes, and the JIT needs far less.
+  const warmup = latencyRows(messages(LATENCY_WARMUP_MESSAGES), smtpServer, smtpProxy, postfix, postfixProxy)
+  await measure([...warmup.smtp, ...warmup.postfix].map((row) => row.case), { warmupRounds: 0, rounds: 1 })
+  const rows = latencyRows(messages(LATENCY_MESSAGES), smtpServer, smtpProxy, postfix, postfixProxy)
+  const all = [...rows.smtp, ...rows.postfix]
+  const results = [
+    ...await measure(all.filter((row) => !row.short).map((row) => row.case), LATENCY_OPTIONS),
+    ...await measure(all.filter((row) => row.short).map((row) => row.case), SHORT_OPTIONS)
+  ]
+  const title = (server: string) =>
+    `\n${server} through the ${2 * DELAY_MS} ms proxy, ${LATENCY_MESSAGES} messages of ${MESSAGE_SIZE} octets, ` +
+    "one connection"
+  log(rateTable(title("smtp-server"), rows.smtp, results))
+  log(rateTable(title("Postfix"), rows.postfix, results))
+}
+
+/** Records the process's CPU time (user and system, µs) of every run of `c`. */
+const withCpu = (c: Case, samples: Array<{ user: number; system: number }>): Case => ({
+  ...c,
+  run: async () => {
+    const start = process.cpuUsage()
+    const result = await c.run()
+    const used = process.cpuUsage(start)
+    samples.push(used)
+    return result
+  }
+})
+
+const cpu = async (log: (line: string) => void, smtpServer: Tally, port: number) => {
+  const cases = (batch: ReadonlyArray<Message>): ReadonlyArray<Case> => [
+    nodemailerCase("Nodemailer, sendMail awaited in turn", port, smtpServer, batch, "sequential"),
+    nodemailerCase("Nodemailer, all sendMail at once", port, smtpServer, batch, "burst"),
+    oursCase("ours, sendAll", port, smtpServer, batch, {}, "DATA")
+  ]
+  await measure(cases(messages(CPU_WARMUP_MESSAGES)), { warmupRounds: 0, rounds: 1 })
+  const batch = messages(CPU_MESSAGES)
+  const n = batch.length
+  const plain = cases(batch)
+  const samples = plain.map(() => [] as Array<{ user: number; system: number }>)
+  const results = await measure(plain.map((c, i) => withCpu(c, samples[i]!)), CPU_OPTIONS)
+  const perMessage = samples.map((s) => median(s.map((u) => (u.user + u.system) / n)))
+  const nodemailerBest = Math.min(perMessage[0]!, perMessage[1]!)
+  const rows = results.map((r, i) => {
+    const s = samples[i]!
+    return [
+      r.name,
+      perMessage[i]!.toFixed(1),
+      median(s.map((u) => u.user / n)).toFixed(1),
+      median(s.map((u) => u.system / n)).toFixed(1),
+      (perMessage[i]! / nodemailerBest).toFixed(2),
+      `${Math.min(...s.map((u) => (u.user + u.system) / n)).toFixed(1)}–${
+        Math.max(...s.map((u) => (u.user + u.system) / n)).toFixed(1)
+      }`,
+      fixed(rate(r)),
+      r.medianMs.toFixed(0)
+    ]
+  })
+  log(
+    columns(
+      `\nsmtp-server on loopback (no proxy), ${n} messages of ${MESSAGE_SIZE} octets, one connection: client CPU`,
+      ["case", "CPU µs/msg", "user", "system", "x Nodemailer", "CPU µs/msg range", "msg/s", "ms/run"],
+      rows
+    )
+  )
+}
+
+interface MemoryRun {
+  readonly name: string
+  readonly octets: number
+  readonly ms: number
+  readonly maxRssKiB: number
+  readonly how: string
+}
+
+/** One send of `blocks` blocks through our connection, in a child process, to a sink in another child. */
+const memoryRun = async (
+  name: string,
+  client: "ours" | "raw",
+  chunking: boolean,
+  blocks: number
+): Promise<MemoryRun> => {
+  const block = memoryBlock()
+  const sink = await startChild(SERVER_PROCESS, ["sink", chunking ? "bdat" : "data"])
+  try {
+    const result = await runChild(MEMORY_CLIENT, [String(sink.ready.port), String(blocks), client], 180_000)
+    const stats = await sink.request("stats")
+    const octets = blocks * block.bytes.length
+    // DATA: every leading dot doubled and the terminating .CRLF; BDAT: the octets as they are.
+    const expected = stats.bdatMessages === 1 ? octets : blocks * (block.bytes.length + block.dotLines) + 3
+    if (result.code !== 250 || stats.messages !== 1 || stats.octets !== expected) {
+      throw new Error(`${name}: client ${JSON.stringify(result)}, sink ${JSON.stringify(stats)}, expected ${expected}`)
+    }
+    const how = stats.bdatMessages === 1 ? `BDAT, ${stats.bdatChunks} chunks` : "DATA"
+    return { name, octets, ms: Number(result.ms), maxRssKiB: Number(result.maxRssKiB), how }
+  } finally {
+    await sink.close()
+  }
+}
+
+const memory = async (log: (line: string) => void) => {
+  const blockSize = memoryBlock().bytes.length
+  const blocks = Math.ceil(MEMORY_OCTETS / blockSize)
+  const runs = [
+    await memoryRun("ours, send, one block", "ours", false, 1),
+    await memoryRun("ours, send, 1 GiB Stream, DATA sink", "ours", false, blocks),
+    await memoryRun("ours, send, 1 GiB Stream, BDAT sink", "ours", true, blocks),
+    await memoryRun("raw, DataEncoder + socket, one block", "raw", false, 1),
+    await memoryRun("raw, DataEncoder + socket, 1 GiB, DATA sink", "raw", false, blocks)
+  ]
+  const mib = (kib: number): string => (kib / 1024).toFixed(1)
+  log(
+    columns(
+      `\nOne message streamed to a sink (client in its own process, ${blockSize}-octet blocks): peak RSS`,
+      ["case", "octets", "sent as", "MB/s", "s", "peak RSS MiB"],
+      runs.map((
+        r
+      ) => [
+        r.name,
+        String(r.octets),
+        r.how,
+        fixed(r.octets / 1e6 / (r.ms / 1e3)),
+        (r.ms / 1e3).toFixed(2),
+        mib(r.maxRssKiB)
+      ])
+    )
+  )
+}
+
+/** The proxy's round trip, as 20 NOOPs one after another see it. */
+const roundTrip = async (log: (line: string) => void, name: string, port: number, direct: number) => {
+  const proxied = await RawClient.noopRoundTrips(port, NOOPS)
+  const straight = await RawClient.noopRoundTrips(direct, NOOPS)
+  const m = median(proxied)
+  log(
+    `${name}: ${NOOPS} NOOPs in turn, median round trip ${m.toFixed(2)} ms through the proxy ` +
+      `(${Math.min(...proxied).toFixed(2)}–${Math.max(...proxied).toFixed(2)}), ${
+        median(straight).toFixed(2)
+      } ms direct`
+  )
+  if (m < 2 * DELAY_MS || m > 2 * DELAY_MS + 5) throw new Error(`${name}: the proxy's round trip is ${m} ms`)
+}
+
+const group = async (log: (line: string) => void, postfix: PostfixServer): Promise<void> => {
+  const children: Array<Child> = []
+  const child = async (args: ReadonlyArray<string>): Promise<Child> => {
+    const started = await startChild(SERVER_PROCESS, args)
+    children.push(started)
+    return started
+  }
+  try {
+    const smtpServer = await child(["smtp-server"])
+    const smtpPort = Number(smtpServer.ready.port)
+    const smtpProxy = Number((await child(["proxy", String(smtpPort), String(DELAY_MS)])).ready.port)
+    const postfixProxy = Number((await child(["proxy", String(postfix.ports.plain), String(DELAY_MS)])).ready.port)
+    const smtpTally = smtpServerTally(smtpServer)
+    const postfixTally_ = postfixTally(postfix)
+
+    await roundTrip(log, "smtp-server", smtpProxy, smtpPort)
+    await roundTrip(log, "Postfix", postfixProxy, postfix.ports.plain)
+    await latency(log, smtpTally, smtpProxy, postfixTally_, postfixProxy)
+    await cpu(log, smtpTally, smtpPort)
+    await memory(log)
+  } finally {
+    for (const c of children.reverse()) await c.close()
+  }
+}
+
+/** Runs the whole group: starts Postfix, the servers and proxies, prints the tables, and stops everything. */
+export const run = (log: (line: string) => void): Promise<void> =>
+  Effect.runPromise(
+    Effect.scoped(
+      Effect.flatMap(startPostfix(), (postfix) =>
+        Effect.tryPromise({
+          try: () => group(log, postfix),
+          catch: (error) => error instanceof Error ? error : new Error(String(error))
+        }))
+    )
+  )
