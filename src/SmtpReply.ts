@@ -160,12 +160,20 @@ export const toError = (reply: SmtpReply, command: string): SmtpTransientError |
  * @since 0.1.0
  * @category encoding
  */
-export const format = (reply: SmtpReply): string => {
+export const format = (reply: SmtpReply): string => formatLines(reply).map((line) => `${line}\r\n`).join("")
+
+/**
+ * The reply's lines as the server sends them, without their CRLF: `250-first`, …, `250 last`.
+ *
+ * @since 0.1.0
+ * @category formatting
+ */
+export const formatLines = (reply: SmtpReply): ReadonlyArray<string> => {
   const lines = reply.lines.length === 0 ? [""] : reply.lines
   const enhanced = reply.enhancedCode === undefined ? "" : `${reply.enhancedCode} `
   return lines.map((line, i) => {
     const separator = i === lines.length - 1 ? " " : "-"
     const text = `${enhanced}${line}`
-    return text === "" && separator === " " ? `${reply.code}\r\n` : `${reply.code}${separator}${text}\r\n`
-  }).join("")
+    return text === "" && separator === " " ? `${reply.code}` : `${reply.code}${separator}${text}`
+  })
 }

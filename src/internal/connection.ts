@@ -127,6 +127,10 @@ export const make = (
       ? { ...defaultTimeouts, ...options.timeouts }
       : Object.fromEntries(Object.keys(defaultTimeouts).map((key) => [key, options.timeout])) as unknown as Timeouts
     const timeoutOf = (phase: Phase) => Duration.decode(timeouts[phase])
+    /** Each phase's timeout in milliseconds, worked out once: every read and write needs its own. */
+    const timeoutMillis = Object.fromEntries(
+      Object.keys(defaultTimeouts).map((key) => [key, Duration.toMillis(timeoutOf(key as Phase))])
+    ) as Record<Phase, number>
     const slowThreshold = options.slowCommandThreshold === undefined
       ? undefined
       : Duration.toMillis(Duration.decode(options.slowCommandThreshold))
@@ -198,7 +202,7 @@ export const make = (
     const timeoutError = (phase: Phase, mayHaveBeenDelivered: boolean) => () =>
       new TimeoutError({
         phase: phaseNames[phase],
-        timeoutMillis: Duration.toMillis(timeoutOf(phase)),
+        timeoutMillis: timeoutMillis[phase],
         mayHaveBeenDelivered
       })
 
@@ -230,10 +234,10 @@ export const make = (
 
     const readReply = (phase: Phase, verb: string | undefined, mayHaveBeenDelivered = false) =>
       Effect.suspend(() =>
-        nextReply(verb, Date.now() + Duration.toMillis(timeoutOf(phase)), timeoutError(phase, mayHaveBeenDelivered))
+        nextReply(verb, Date.now() + timeoutMillis[phase], timeoutError(phase, mayHaveBeenDelivered))
       ).pipe(
         Effect.tap((reply) => {
-          for (const line of SmtpReply.format(reply).split("\r\n").slice(0, -1)) note("server", line)
+          for (const line of SmtpReply.formatLines(reply)) note("server", line)
           return Effect.zipRight(publishTranscript, Effect.annotateCurrentSpan("smtp.reply.code", reply.code))
         })
       )
@@ -243,7 +247,7 @@ export const make = (
         const started = Date.now()
         return Effect.zipRight(
           publishTranscript,
-          socket.write(chunks, Duration.toMillis(timeoutOf(phase)), timeoutError(phase, false))
+          socket.write(chunks, timeoutMillis[phase], timeoutError(phase, false))
         ).pipe(
           Effect.tap(() => {
             usage.sendingMillis += Date.now() - started

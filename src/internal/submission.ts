@@ -107,6 +107,10 @@ interface Plan<E, R> {
   readonly body: PreparedBody<E, R>
 }
 
+/** The transcript line of an encoded MAIL or RCPT: the line itself, which holds no credential to redact. */
+const transcriptLine = (bytes: Uint8Array): string =>
+  Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength - 2).toString("utf8")
+
 const capabilityError = (capability: SmtpCapabilityError["capability"], reason: string) =>
   Either.left(new SmtpCapabilityError({ capability, reason }))
 
@@ -267,18 +271,16 @@ export const plan = <E, R>(
     const rcpts: Array<{ recipient: string; bytes: Uint8Array; line: string }> = []
     for (const [i, r] of recipients.entries()) {
       const command = SmtpCommand.rcpt(yield* wire(rcptAddresses[i]!, "RCPT TO address"), r.parameters)
-      rcpts.push({
-        recipient: r.address,
-        bytes: yield* SmtpCommand.encode(command),
-        line: SmtpCommand.toTranscript(command)
-      })
+      const bytes = yield* SmtpCommand.encode(command)
+      rcpts.push({ recipient: r.address, bytes, line: transcriptLine(bytes) })
     }
+    const mailBytes = yield* SmtpCommand.encode(mail)
     return {
       method,
       pipelining: options.pipelining !== false && Capabilities.pipelining(capabilities),
       allOrNothing: options.policy === "all-or-nothing",
-      mail: yield* SmtpCommand.encode(mail),
-      mailLine: SmtpCommand.toTranscript(mail),
+      mail: mailBytes,
+      mailLine: transcriptLine(mailBytes),
       recipients: rcpts,
       binary,
       allowLongLines,
@@ -400,14 +402,14 @@ export const run = <E, R, R2>(
       finish(transaction, Either.left(error))
 
     /** Reads the oldest reply still due and hands it on. */
-    const readOne = Effect.gen(function*() {
-      yield* flush
+    const readOne: Effect.Effect<void, Fatal> = Effect.flatMap(flush, () => {
       const entry = due.shift()
-      if (entry === undefined) return
-      if (entry._tag === "Turn") return yield* entry.run
-      const reply = yield* session.readReply(entry.phase, entry.verb, entry.mayHaveBeenDelivered)
-      entry.transaction?.flushes.add(flushes)
-      yield* entry.handle(reply)
+      if (entry === undefined) return Effect.void
+      if (entry._tag === "Turn") return entry.run
+      return Effect.flatMap(session.readReply(entry.phase, entry.verb, entry.mayHaveBeenDelivered), (reply) => {
+        entry.transaction?.flushes.add(flushes)
+        return entry.handle(reply)
+      })
     })
     const readAll = Effect.whileLoop({ while: () => due.length > 0, body: () => readOne, step: () => {} })
     /** Reads until `transaction` has had every reply queued so far. */
