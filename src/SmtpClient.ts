@@ -16,15 +16,7 @@ import type * as Scope from "effect/Scope"
 import * as internal from "./internal/client.js"
 import type * as Message from "./Message.js"
 import type * as SmtpConnection from "./SmtpConnection.js"
-import type {
-  InvalidInputError,
-  NetworkError,
-  SmtpCapabilityError,
-  SmtpPermanentError,
-  SmtpProtocolError,
-  SmtpTransientError,
-  TimeoutError
-} from "./SmtpError.js"
+import type { SmtpPermanentError, SmtpTransientError } from "./SmtpError.js"
 import type { SmtpTransport } from "./SmtpTransport.js"
 
 /**
@@ -167,19 +159,12 @@ export interface Recorded {
 }
 
 /**
- * The errors the test client can be told to fail a send with.
+ * The errors the test client can be told to fail a send with: any the real one can fail with.
  *
  * @since 0.1.0
  * @category models
  */
-export type TestFailure =
-  | NetworkError
-  | TimeoutError
-  | SmtpTransientError
-  | SmtpPermanentError
-  | SmtpProtocolError
-  | InvalidInputError
-  | SmtpCapabilityError
+export type TestFailure = SendError
 
 /**
  * Controls of the test client (Qore's test mode): what it recorded, and what it should refuse.

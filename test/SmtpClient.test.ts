@@ -38,6 +38,20 @@ const withClient = <A, E>(
 
 const message = (i: number) => `Subject: message ${i}\r\n\r\nbody ${i}\r\n`
 
+/** smtp-server, with the sessions (connections) that carried a MAIL. */
+const sessionCountingServer = Effect.suspend(() => {
+  const sessions = new Set<string>()
+  return Effect.map(
+    smtpServer({
+      onMailFrom(_address, session, callback) {
+        sessions.add(session.id)
+        callback()
+      }
+    }),
+    (server) => ({ server, sessions })
+  )
+})
+
 /** Waits on real time, for sockets to do their work while the test clock stands still. */
 const realSleep = (millis: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, millis)))
 
@@ -72,13 +86,7 @@ describe("the pool", () => {
 
   it.scopedLive("a connection carries at most maxMessagesPerConnection messages", () =>
     Effect.gen(function*() {
-      const sessions = new Set<string>()
-      const server = yield* smtpServer({
-        onMailFrom(_address, session, callback) {
-          sessions.add(session.id)
-          callback()
-        }
-      })
+      const { server, sessions } = yield* sessionCountingServer
       yield* withClient(server.port, { pool: { maxConnections: 1, maxMessagesPerConnection: 3 } }, (client) =>
         Effect.forEach(
           Array.from({ length: 10 }, (_, i) =>
@@ -93,13 +101,7 @@ describe("the pool", () => {
 
   it.scopedLive("a connection older than maxConnectionAge is replaced before its next send", () =>
     Effect.gen(function*() {
-      const sessions = new Set<string>()
-      const server = yield* smtpServer({
-        onMailFrom(_address, session, callback) {
-          sessions.add(session.id)
-          callback()
-        }
-      })
+      const { server, sessions } = yield* sessionCountingServer
       yield* withClient(
         server.port,
         { pool: { maxConnections: 1, maxConnectionAge: "200 millis" } },
@@ -250,13 +252,7 @@ describe("the pool", () => {
 
   it.scopedLive("pool: false opens a fresh connection per send", () =>
     Effect.gen(function*() {
-      const sessions = new Set<string>()
-      const server = yield* smtpServer({
-        onMailFrom(_address, session, callback) {
-          sessions.add(session.id)
-          callback()
-        }
-      })
+      const { server, sessions } = yield* sessionCountingServer
       yield* withClient(server.port, { pool: false }, (client) =>
         Effect.forEach(
           [1, 2, 3],

@@ -197,11 +197,7 @@ export const make = (
       return limit === undefined ? waited : limit(waited)
     }
 
-    const send = <E = never, R = never>(
-      envelope: SmtpConnection.Envelope,
-      body: SmtpConnection.Body<E, R>,
-      sendOptions?: SmtpConnection.SendOptions
-    ): Effect.Effect<SmtpClient.SendResult, SmtpClient.SendError | E, R> =>
+    const send: SmtpClient.SmtpClient["send"] = (envelope, body, sendOptions) =>
       Effect.gen(function*() {
         // Made at the first failure: a send that goes through at once pays nothing for its retries.
         let driver: Schedule.ScheduleDriver<unknown, unknown> | undefined
@@ -327,11 +323,7 @@ export const layerTest: Layer.Layer<SmtpClient.SmtpClient | SmtpClient.TestClien
     let failures: Array<SmtpClient.TestFailure> = []
     let queued = 0
 
-    const send = <E = never, R = never>(
-      envelope: SmtpConnection.Envelope,
-      body: SmtpConnection.Body<E, R>,
-      sendOptions?: SmtpConnection.SendOptions
-    ): Effect.Effect<SmtpClient.SendResult, SmtpClient.SendError | E, R> =>
+    const send: SmtpClient.SmtpClient["send"] = (envelope, body, sendOptions) =>
       Effect.gen(function*() {
         const failure = failures.shift()
         if (failure !== undefined) return yield* Effect.fail(failure)
