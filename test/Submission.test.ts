@@ -340,6 +340,26 @@ describe("what a failure says about delivery", () => {
     }))
 })
 
+describe("a message refused before sending, in a batch that then fails", () => {
+  it.scopedLive("keeps its own error, and the others get the connection's", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session, ["PIPELINING", "CHUNKING"])
+        await readGroup(session, 3)
+        session.drop()
+      })
+      const results = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
+        Stream.runCollect(c.sendAll([
+          { envelope: { from: "a@example.org", to: ["one@example.org"] }, body: "one" },
+          { envelope: { from: "a@example.org", to: ["bad\nRSET@example.org"] }, body: "two" },
+          { envelope: { from: "a@example.org", to: ["three@example.org"] }, body: "three" }
+        ]))))
+      expect(Chunk.toReadonlyArray(results).map(Either.match({ onLeft: (e) => e._tag, onRight: () => "sent" })))
+        .toEqual(["NetworkError", "InvalidInputError", "NetworkError"])
+    }))
+})
+
 describe("BDAT (RFC 3030)", () => {
   it.scopedLive("MAIL, RCPT and BDAT LAST leave together: one round trip", () =>
     Effect.gen(function*() {

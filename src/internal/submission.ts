@@ -308,6 +308,8 @@ interface Transaction {
   endSent: boolean
   /** Set once the result is out. */
   done: boolean
+  /** For a message refused before sending: why; it only waits for its turn. */
+  readonly refused?: SmtpConnection.SendError | undefined
 }
 
 /** A reply still due, and what to do with it. */
@@ -663,7 +665,7 @@ export const run = <E, R, R2>(
         if (Either.isLeft(planned)) {
           // Nothing of it was sent; its result still comes out in order.
           if (open.length === 0) return yield* emit(Either.left(planned.left))
-          const placeholder = newTransaction("DATA")
+          const placeholder: Transaction = { ...newTransaction("DATA"), refused: planned.left }
           open.push(placeholder)
           due.push({ _tag: "Turn", transaction: placeholder, run: fail(placeholder, planned.left) })
           return
@@ -718,7 +720,9 @@ export const run = <E, R, R2>(
       Effect.gen(function*() {
         due.length = 0
         out = []
-        for (const transaction of [...open]) yield* fail(transaction, deliveredOrNot(error, transaction.endSent))
+        for (const transaction of [...open]) {
+          yield* fail(transaction, transaction.refused ?? deliveredOrNot(error, transaction.endSent))
+        }
       })
 
     const guarded = (effect: Effect.Effect<void, Fatal | E, R>) =>
