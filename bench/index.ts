@@ -1,13 +1,15 @@
 /**
  * The benchmarks: `npm run bench`. Prints one table per group; see docs/benchmarks.md for what each row measures.
  * Without an argument it runs every group; `node .bench-build/bench/index.js core` runs only the sans-IO protocol
- * core (reply parsing, DATA encoding), `... submission` only the submission benchmarks (real servers and sockets).
+ * core (reply parsing, DATA encoding), `... submission` only the submission benchmarks (real servers and sockets),
+ * `... pool` only the SmtpClient pool benchmarks (pool scaling, client CPU with a pool).
  */
 import { readFileSync } from "node:fs"
 import * as os from "node:os"
 import * as DataEncoding from "./dataEncoding.js"
 import type { Options } from "./harness.js"
 import { measure, table } from "./harness.js"
+import * as Pool from "./pool.js"
 import * as ReplyParsing from "./replyParsing.js"
 import * as Submission from "./submission.js"
 
@@ -28,7 +30,7 @@ const cpuModel = (): string => {
 
 const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`
 
-const GROUPS = ["core", "submission"]
+const GROUPS = ["core", "submission", "pool"]
 
 const core = async (): Promise<void> => {
   console.log(
@@ -75,6 +77,14 @@ const submission = async (): Promise<void> => {
   await Submission.run(console.log)
 }
 
+const pool = async (): Promise<void> => {
+  console.log(
+    "\nSmtpClient pool: a pool of N connections per run, smtp-server and the proxy in their own processes; " +
+      "median of the measured rounds, cases interleaved"
+  )
+  await Pool.run(console.log)
+}
+
 const main = async (): Promise<void> => {
   const only = process.argv[2]
   if (only !== undefined && !GROUPS.includes(only)) {
@@ -84,6 +94,7 @@ const main = async (): Promise<void> => {
   console.log(`node ${process.version}, ${os.cpus().length} cores, ${cpuModel()}`)
   if (only === undefined || only === "core") await core()
   if (only === undefined || only === "submission") await submission()
+  if (only === undefined || only === "pool") await pool()
   console.log(`\nTotal ${((performance.now() - started) / 1e3).toFixed(1)} s`)
 }
 

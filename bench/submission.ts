@@ -33,7 +33,7 @@ const LATENCY_MESSAGES = 500
 const LATENCY_WARMUP_MESSAGES = 50
 const CPU_MESSAGES = 5_000
 const CPU_WARMUP_MESSAGES = 500
-const DELAY_MS = 5
+export const DELAY_MS = 5
 const NOOPS = 20
 const MEMORY_OCTETS = 2 ** 30
 /** Two rounds: the latency-bound runs take 5 to 15 s each. A short warm-up round comes first (see `latency`). */
@@ -43,13 +43,13 @@ const SHORT_OPTIONS: Options = { warmupRounds: 0, rounds: 9 }
 /** Five rounds: CPU time per message on this shared machine moves by up to 2x from one run to the next. */
 const CPU_OPTIONS: Options = { warmupRounds: 0, rounds: 5 }
 /** No run of 500 or 5,000 messages takes this long unless something hangs. */
-const RUN_TIMEOUT_MS = 120_000
+export const RUN_TIMEOUT_MS = 120_000
 
 const SERVER_PROCESS = new URL("./serverProcess.js", import.meta.url)
 const MEMORY_CLIENT = new URL("./memoryClient.js", import.meta.url)
 
 /** A server's own count of what it received, checked after every run against the total sent to it so far. */
-interface Tally {
+export interface Tally {
   /** Adds `count` messages to the total sent, then waits until the server has them all; throws otherwise. */
   readonly check: (count: number) => Promise<void>
 }
@@ -57,7 +57,7 @@ interface Tally {
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** smtp-server in its child: it counts messages and octets (after removing dot-stuffing and the terminator). */
-const smtpServerTally = (server: Child): Tally => {
+export const smtpServerTally = (server: Child): Tally => {
   let sent = 0
   return {
     check: async (count) => {
@@ -122,26 +122,27 @@ interface Row {
 }
 
 /** The checks every case does after its run: the client's count, then the server's. */
-const expecting = (what: string, count: number, tally: Tally) => async (accepted: number): Promise<void> => {
+export const expecting = (what: string, count: number, tally: Tally) => async (accepted: number): Promise<void> => {
   if (accepted !== count) throw new Error(`${what}: ${accepted} messages accepted, sent ${count}`)
   await tally.check(count)
 }
 
-const nodemailerCase = (
+export const nodemailerCase = (
   name: string,
   port: number,
   tally: Tally,
   batch: ReadonlyArray<Message>,
-  mode: "sequential" | "burst"
+  mode: "sequential" | "burst",
+  maxConnections = 1
 ): Case => ({
   name,
   bytes: batch.length * MESSAGE_SIZE,
   items: batch.length,
   run: async () => {
-    // One connection for every message: a pool of one that never retires it.
+    // A pool that never retires a connection: with the default of 1, one connection for every message.
     const transport = nodemailer.createTransport({
       pool: true,
-      maxConnections: 1,
+      maxConnections,
       maxMessages: Infinity,
       host: "127.0.0.1",
       port,
@@ -250,9 +251,9 @@ const oursCase = (
   }
 }
 
-const rate = (r: Result): number => r.items! / (r.medianMs / 1e3)
-const slowest = (r: Result): number => r.items! / (Math.max(...r.samples) / 1e3)
-const fastest = (r: Result): number => r.items! / (Math.min(...r.samples) / 1e3)
+export const rate = (r: Result): number => r.items! / (r.medianMs / 1e3)
+export const slowest = (r: Result): number => r.items! / (Math.max(...r.samples) / 1e3)
+export const fastest = (r: Result): number => r.items! / (Math.min(...r.samples) / 1e3)
 
 /** Messages/s per row, against the fastest Nodemailer row and against the row's raw case. */
 const rateTable = (title: string, rows: ReadonlyArray<Row>, results: ReadonlyArray<Result>): string => {
@@ -364,8 +365,14 @@ const latency = async (
   log(rateTable(title("Postfix"), rows.postfix, results))
 }
 
+/** CPU time (µs) of one run. */
+export interface CpuSample {
+  readonly user: number
+  readonly system: number
+}
+
 /** Records the process's CPU time (user and system, µs) of every run of `c`. */
-const withCpu = (c: Case, samples: Array<{ user: number; system: number }>): Case => ({
+export const withCpu = (c: Case, samples: Array<CpuSample>): Case => ({
   ...c,
   run: async () => {
     const start = process.cpuUsage()
@@ -376,22 +383,21 @@ const withCpu = (c: Case, samples: Array<{ user: number; system: number }>): Cas
   }
 })
 
-const cpu = async (log: (line: string) => void, smtpServer: Tally, port: number) => {
-  const cases = (batch: ReadonlyArray<Message>): ReadonlyArray<Case> => [
-    nodemailerCase("Nodemailer, sendMail awaited in turn", port, smtpServer, batch, "sequential"),
-    nodemailerCase("Nodemailer, all sendMail at once", port, smtpServer, batch, "burst"),
-    oursCase("ours, sendAll", port, smtpServer, batch, {}, "DATA")
-  ]
-  await measure(cases(messages(CPU_WARMUP_MESSAGES)), { warmupRounds: 0, rounds: 1 })
-  const batch = messages(CPU_MESSAGES)
-  const n = batch.length
-  const plain = cases(batch)
-  const samples = plain.map(() => [] as Array<{ user: number; system: number }>)
-  const results = await measure(plain.map((c, i) => withCpu(c, samples[i]!)), CPU_OPTIONS)
-  const perMessage = samples.map((s) => median(s.map((u) => (u.user + u.system) / n)))
-  const nodemailerBest = Math.min(perMessage[0]!, perMessage[1]!)
+/**
+ * Client CPU per message of each case, from the CPU samples of its runs (`samples[i]` for `results[i]`), against the
+ * cheapest of the Nodemailer cases (`nodemailer`, indices into `results`).
+ */
+export const cpuTable = (
+  title: string,
+  results: ReadonlyArray<Result>,
+  samples: ReadonlyArray<ReadonlyArray<CpuSample>>,
+  nodemailer: ReadonlyArray<number>
+): string => {
+  const perMessage = results.map((r, i) => median(samples[i]!.map((u) => (u.user + u.system) / r.items!)))
+  const nodemailerBest = Math.min(...nodemailer.map((i) => perMessage[i]!))
   const rows = results.map((r, i) => {
     const s = samples[i]!
+    const n = r.items!
     return [
       r.name,
       perMessage[i]!.toFixed(1),
@@ -405,11 +411,30 @@ const cpu = async (log: (line: string) => void, smtpServer: Tally, port: number)
       r.medianMs.toFixed(0)
     ]
   })
+  return columns(
+    title,
+    ["case", "CPU µs/msg", "user", "system", "x Nodemailer", "CPU µs/msg range", "msg/s", "ms/run"],
+    rows
+  )
+}
+
+const cpu = async (log: (line: string) => void, smtpServer: Tally, port: number) => {
+  const cases = (batch: ReadonlyArray<Message>): ReadonlyArray<Case> => [
+    nodemailerCase("Nodemailer, sendMail awaited in turn", port, smtpServer, batch, "sequential"),
+    nodemailerCase("Nodemailer, all sendMail at once", port, smtpServer, batch, "burst"),
+    oursCase("ours, sendAll", port, smtpServer, batch, {}, "DATA")
+  ]
+  await measure(cases(messages(CPU_WARMUP_MESSAGES)), { warmupRounds: 0, rounds: 1 })
+  const batch = messages(CPU_MESSAGES)
+  const plain = cases(batch)
+  const samples = plain.map(() => [] as Array<CpuSample>)
+  const results = await measure(plain.map((c, i) => withCpu(c, samples[i]!)), CPU_OPTIONS)
   log(
-    columns(
-      `\nsmtp-server on loopback (no proxy), ${n} messages of ${MESSAGE_SIZE} octets, one connection: client CPU`,
-      ["case", "CPU µs/msg", "user", "system", "x Nodemailer", "CPU µs/msg range", "msg/s", "ms/run"],
-      rows
+    cpuTable(
+      `\nsmtp-server on loopback (no proxy), ${batch.length} messages of ${MESSAGE_SIZE} octets, one connection: client CPU`,
+      results,
+      samples,
+      [0, 1]
     )
   )
 }
@@ -477,7 +502,7 @@ const memory = async (log: (line: string) => void) => {
 }
 
 /** The proxy's round trip, as 20 NOOPs one after another see it. */
-const roundTrip = async (log: (line: string) => void, name: string, port: number, direct: number) => {
+export const roundTrip = async (log: (line: string) => void, name: string, port: number, direct: number) => {
   const proxied = await RawClient.noopRoundTrips(port, NOOPS)
   const straight = await RawClient.noopRoundTrips(direct, NOOPS)
   const m = median(proxied)
