@@ -409,6 +409,31 @@ describe("limits", () => {
       }).pipe(Effect.provide(clientLayer(server.port, { rateLimit: { messages: 4, per: "1 second" } })))
     }), 15_000)
 
+  it.scopedLive("thousands of sends started at once go through in turn, a few at a time", () =>
+    Effect.gen(function*() {
+      const order: Array<number> = []
+      const server = yield* smtpServer({
+        onRcptTo(address, _session, callback) {
+          order.push(Number(/^r(\d+)@/.exec(address.address)![1]))
+          callback()
+        }
+      })
+      const count = 3000
+      yield* withClient(server.port, { pool: { maxConnections: 4, maxMessagesPerConnection: count } }, (client) =>
+        Effect.forEach(
+          Array.from({ length: count }, (_, i) =>
+            i),
+          (i) =>
+            client.send({ from: "a@example.org", to: [`r${i}@example.org`] }, message(i)),
+          { concurrency: "unbounded", discard: true }
+        ))
+      expect(server.received).toHaveLength(count)
+      // First come, first served: no send overtakes many that were waiting before it.
+      expect(order.every((sent, k) =>
+        Math.abs(sent - k) <= 16
+      )).toBe(true)
+    }), 60_000)
+
   it.scopedLive("maxConcurrentTransactions caps the transactions under way", () =>
     Effect.gen(function*() {
       let active = 0

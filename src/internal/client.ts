@@ -9,6 +9,7 @@ import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -66,6 +67,45 @@ interface Pooled {
   lastUsed: number
 }
 
+/**
+ * A first-come, first-served gate with `permits` places: each release hands its place to the oldest waiter. Effect's
+ * `Semaphore` wakes every waiter on each release and all but one wait again, so thousands of sends started at once
+ * cost the square of their number; this gate costs one wake-up per send.
+ */
+const makeGate = (permits: number) => {
+  let free = permits
+  const waiting: Array<Deferred.Deferred<void>> = []
+  const release: Effect.Effect<void> = Effect.suspend(() => {
+    const next = waiting.shift()
+    if (next === undefined) {
+      free++
+      return Effect.void
+    }
+    return Deferred.succeed(next, undefined)
+  })
+  const take: Effect.Effect<void> = Effect.suspend(() => {
+    if (free > 0) {
+      free--
+      return Effect.void
+    }
+    return Effect.flatMap(Deferred.make<void>(), (place) => {
+      waiting.push(place)
+      return Effect.onInterrupt(Deferred.await(place), () =>
+        Effect.suspend(() => {
+          const at = waiting.indexOf(place)
+          if (at >= 0) {
+            waiting.splice(at, 1)
+            return Effect.void
+          }
+          // The place was handed over just as the wait was interrupted: pass it on.
+          return release
+        }))
+    })
+  })
+  return <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.uninterruptibleMask((restore) => Effect.zipRight(restore(take), Effect.ensuring(restore(effect), release)))
+}
+
 type WithConnection = <A, E, R>(
   use: (connection: SmtpConnection.SmtpConnection) => Effect.Effect<A, E, R>
 ) => Effect.Effect<A, E | SmtpConnection.ConnectError, Exclude<R, Scope.Scope>>
@@ -104,7 +144,7 @@ export const make = (
         algorithm: "fixed-window"
       })
     const concurrency = options.maxConcurrentTransactions ?? (poolOptions === undefined ? undefined : maxConnections)
-    const transactions = concurrency === undefined ? undefined : yield* Effect.makeSemaphore(Math.max(1, concurrency))
+    const transactions = concurrency === undefined ? undefined : makeGate(Math.max(1, concurrency))
 
     let inFlight = 0
     let open = 0
@@ -191,7 +231,7 @@ export const make = (
         const once = withConnection((connection) =>
           Effect.zipRight(stopWaiting, connection.send(envelope, body, { ...options.sendOptions, ...sendOptions }))
         )
-        const capped = transactions === undefined ? once : transactions.withPermits(1)(once)
+        const capped = transactions === undefined ? once : transactions(once)
         return Effect.zipRight(Metric.set(poolWaiters, ++waiting), Effect.ensuring(capped, stopWaiting))
       })
       return limit === undefined ? waited : limit(waited)
