@@ -130,13 +130,4 @@ export const columns = (
 }
 
 /** A small seeded PRNG (mulberry32), so every run of the bench generates the same bytes. */
-export const random = (seed: number): () => number => {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+export { random } from "../test/support/random.js"

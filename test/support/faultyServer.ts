@@ -5,6 +5,7 @@
  * `Message-ID`, so a test can check that each was stored once at most, and exactly when the client said so.
  */
 import * as net from "node:net"
+import { random } from "./random.js"
 
 /** What goes wrong on one connection. */
 export type Fault =
@@ -56,23 +57,11 @@ export interface FaultyServerOptions {
   readonly rcpt452?: number
 }
 
-/** A small, fast, seeded generator (mulberry32): the same seed gives the same faults. */
-const generator = (seed: number) => {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 const END_OF_DATA = "\r\n.\r\n"
 const MESSAGE_ID = /^Message-ID: <([^>]+)>/im
 
 export const startFaultyServer = (options: FaultyServerOptions): Promise<FaultyServer> => {
-  const random = generator(options.seed)
+  const next = random(options.seed)
   const rates = options.faultRates ?? defaultFaultRates
   const stored = new Map<string, number>()
   const faults = new Map<Fault, number>()
@@ -80,7 +69,7 @@ export const startFaultyServer = (options: FaultyServerOptions): Promise<FaultyS
   let connections = 0
 
   const pickFault = (): Fault => {
-    let roll = random() * 1000
+    let roll = next() * 1000
     for (const [fault, rate] of Object.entries(rates) as Array<[Fault, number]>) {
       if (roll < rate) return fault
       roll -= rate
@@ -123,7 +112,7 @@ export const startFaultyServer = (options: FaultyServerOptions): Promise<FaultyS
         case "MAIL":
           if (fault === "drop-after-mail") return void drop()
           if (fault === "421-at-mail") return "421 4.3.2 Shutting down"
-          if (random() * 1000 < (options.mail451 ?? 10)) return "451 4.3.0 Try again later"
+          if (next() * 1000 < (options.mail451 ?? 10)) return "451 4.3.0 Try again later"
           hasMail = true
           recipients = 0
           return "250 2.1.0 Ok"
@@ -133,7 +122,7 @@ export const startFaultyServer = (options: FaultyServerOptions): Promise<FaultyS
             return undefined
           }
           if (!hasMail) return "503 5.5.1 Need MAIL first"
-          if (random() * 1000 < (options.rcpt452 ?? 20)) return "452 4.2.2 Mailbox full, try later"
+          if (next() * 1000 < (options.rcpt452 ?? 20)) return "452 4.2.2 Mailbox full, try later"
           recipients++
           return "250 2.1.5 Ok"
         case "DATA":
