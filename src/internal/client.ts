@@ -317,16 +317,19 @@ export const make = (
       Effect.ignore(Effect.timeout(idle, options.shutdownTimeout ?? "30 seconds")).pipe(Effect.interruptible)
     )
 
-    return {
-      send,
-      sendMessage: (message, sendOptions) =>
-        Effect.flatMap(Message.compose(message), (composed) =>
-          Effect.map(
-            send(composed.envelope, composed.body, sendOptions),
-            (result) => ({ ...result, messageId: composed.messageId })
-          ))
-    } satisfies SmtpClient.SmtpClient
+    return fromSend(send)
   })
+
+/** A client from its `send`: `sendMessage` composes the message and sends it with it. */
+const fromSend = (send: SmtpClient.SmtpClient["send"]): SmtpClient.SmtpClient => ({
+  send,
+  sendMessage: (message, sendOptions) =>
+    Effect.flatMap(Message.compose(message), (composed) =>
+      Effect.map(
+        send(composed.envelope, composed.body, sendOptions),
+        (result) => ({ ...result, messageId: composed.messageId })
+      ))
+})
 
 const isTransient = (r: SmtpConnection.RejectedRecipient): boolean => r.error._tag === "SmtpTransientError"
 
@@ -403,15 +406,7 @@ export const layerTest: Layer.Layer<SmtpClient.SmtpClient | SmtpClient.TestClien
         } satisfies SmtpClient.SendResult
       })
 
-    const client: SmtpClient.SmtpClient = {
-      send,
-      sendMessage: (message, sendOptions) =>
-        Effect.flatMap(Message.compose(message), (composed) =>
-          Effect.map(
-            send(composed.envelope, composed.body, sendOptions),
-            (result) => ({ ...result, messageId: composed.messageId })
-          ))
-    }
+    const client = fromSend(send)
     const controls: SmtpClient.TestClient = {
       sent: Effect.sync(() => [...recorded]),
       refuseRecipients: (rule) => Effect.sync(() => void (refuse = rule)),
