@@ -23,6 +23,9 @@ export interface CanonicalizerOptions {
   readonly allowLongLines: boolean
 }
 
+/** The most octets `pushInto` can write for an input of `n` octets. */
+export const maxOutput = (n: number): number => 2 * n + 1
+
 /** What `push` returns: the canonical bytes of the chunk, or the error that stopped the stream. */
 export type PushResult = Uint8Array | InvalidInputError
 
@@ -46,22 +49,41 @@ export class LineCanonicalizer {
 
   /** Canonicalizes one chunk. Returns the chunk itself when nothing in it had to change. */
   push(input: Uint8Array): PushResult {
+    const result = this.scan(input, undefined, 0)
+    return typeof result === "number" ? input : result
+  }
+
+  /**
+   * Canonicalizes one chunk into `target` from `at`, always copying, and returns where the output ends. `target`
+   * must have room for the worst case, `2 * input.length + 1` octets (see `maxOutput`): the caller owns the buffer
+   * and may reuse it once the bytes are written, so a stream of any length allocates nothing per chunk.
+   */
+  pushInto(input: Uint8Array, target: Buffer, offset: number): number | InvalidInputError {
+    return this.scan(input, target, offset)
+  }
+
+  /**
+   * The one scanning loop. Without a target, the output is allocated at the first change and `scan` returns it, or
+   * -1 when nothing changed; with a target, it writes there from `offset` and returns the end offset.
+   */
+  private scan(input: Uint8Array, target: Buffer, offset: number): number | InvalidInputError
+  private scan(input: Uint8Array, target: undefined, offset: 0): Buffer | -1 | InvalidInputError
+  private scan(input: Uint8Array, target: Buffer | undefined, offset: number): Buffer | number | InvalidInputError {
     if (this.failure !== undefined) return this.failure
     // A Buffer view (no copy) gives the native `indexOf` and `copy`, which beat their TypedArray twins here.
     const chunk = Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.length)
     const n = chunk.length
-    // The output is allocated only when the first change is needed. Each input octet yields at most two output
-    // octets (a line end becomes CRLF, or a leading dot is doubled), plus the LF owed from the previous chunk.
-    let out: Buffer | undefined
-    let written = 0
+    // Each input octet yields at most two output octets (a line end becomes CRLF, or a leading dot is doubled), plus
+    // the LF owed from the previous chunk.
+    let out: Buffer | undefined = target
+    let written = offset
     let copied = 0
     const insert = (at: number, byte: number): void => {
-      if (out === undefined) out = Buffer.allocUnsafe(2 * n + 1)
+      if (out === undefined) out = Buffer.allocUnsafe(maxOutput(n))
       if (at > copied) written += chunk.copy(out, written, copied, at)
       out[written++] = byte
       copied = at
     }
-
     let p = 0
     if (this.pendingCr) {
       this.pendingCr = false
@@ -103,9 +125,9 @@ export class LineCanonicalizer {
       if (nextCr !== -1 && nextCr < p) nextCr = chunk.indexOf(CR, p)
       if (nextLf !== -1 && nextLf < p) nextLf = chunk.indexOf(LF, p)
     }
-    if (out === undefined) return input
+    if (out === undefined) return -1
     if (n > copied) written += chunk.copy(out, written, copied, n)
-    return out.subarray(0, written)
+    return target === undefined ? out.subarray(0, written) : written
   }
 
   /**
