@@ -13,6 +13,7 @@ import type * as Either from "effect/Either"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as Capabilities from "./Capabilities.js"
+import * as body from "./internal/body.js"
 import * as internal from "./internal/connection.js"
 import type * as SmtpAuth from "./SmtpAuth.js"
 import type * as SmtpCommand from "./SmtpCommand.js"
@@ -164,12 +165,66 @@ export interface State {
 }
 
 /**
- * A message body: bytes, a string (sent as UTF-8), or a stream of bytes.
+ * A message body: bytes, a string (sent as UTF-8), a stream of bytes, or a reader (a file, by `fileBody`).
  *
  * @since 0.1.0
  * @category models
  */
-export type Body<E = never, R = never> = Uint8Array | string | Stream.Stream<Uint8Array, E, R>
+export type Body<E = never, R = never> = Uint8Array | string | Stream.Stream<Uint8Array, E, R> | ReaderBody<E, R>
+
+/**
+ * The mark of a `ReaderBody`.
+ *
+ * @since 0.1.0
+ * @category type ids
+ */
+export const ReaderBodyTypeId: unique symbol = body.ReaderBodyTypeId
+
+/**
+ * The type of the mark of a `ReaderBody`.
+ *
+ * @since 0.1.0
+ * @category type ids
+ */
+export type ReaderBodyTypeId = typeof ReaderBodyTypeId
+
+/**
+ * A body given as a source that fills the sender's buffers, as a file does: the sender reads it into one buffer
+ * that it reuses, so a body of any size makes no garbage per chunk (a `Stream` hands over a new array per chunk).
+ * Made by `fileBody`, or by `readerBody` for any source with a `read(buffer)`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ReaderBody<E = never, R = never> {
+  readonly [ReaderBodyTypeId]: ReaderBodyTypeId
+  /** The body's size in octets, declared with SIZE (RFC 1870) when the server offers it. */
+  readonly size: number | undefined
+  /**
+   * Opens the source in the send's scope, once per send, and returns its reader: it fills `buffer` from the start
+   * and returns how many octets it put there, 0 at the end.
+   */
+  readonly open: Effect.Effect<(buffer: Uint8Array) => Effect.Effect<number, E>, E, R | Scope.Scope>
+}
+
+/**
+ * Makes a `ReaderBody` from a source that reads into a buffer it is given.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const readerBody = <E = never, R = never>(options: {
+  readonly size?: number | undefined
+  readonly open: ReaderBody<E, R>["open"]
+}): ReaderBody<E, R> => ({ [ReaderBodyTypeId]: ReaderBodyTypeId, size: options.size, open: options.open })
+
+/**
+ * True for a `ReaderBody`.
+ *
+ * @since 0.1.0
+ * @category guards
+ */
+export const isReaderBody: (u: unknown) => u is ReaderBody<unknown, unknown> = body.isReaderBody
 
 /**
  * A recipient with its own RCPT parameters (DSN's NOTIFY and ORCPT, per recipient).
@@ -227,7 +282,7 @@ export interface SendOptions {
    * (sent as is, never canonicalized) needs BINARYMIME and CHUNKING.
    */
   readonly bodyType?: SmtpCommand.BodyType | undefined
-  /** The size of a streamed body in octets, for SIZE; a body in memory is measured. */
+  /** The size of a streamed body in octets, for SIZE; a body in memory is measured, a `ReaderBody` says its own. */
   readonly size?: number | undefined
 }
 
@@ -436,21 +491,19 @@ export const make: (options: Options) => Effect.Effect<SmtpConnection, ConnectEr
   internal.make
 
 /**
- * A file as a message body: streamed through `@effect/platform`'s `FileSystem` in 64 KiB chunks (constant memory,
- * with backpressure), with its size for SIZE: `send(envelope, file.body, { size: file.size })`.
+ * A file as a message body, read through `@effect/platform`'s `FileSystem` into the sender's reused buffer (constant
+ * memory, no garbage per chunk, with backpressure), with its size, taken now, for SIZE:
+ * `send(envelope, yield* fileBody(path))`. The file is opened when the send starts and closed when it ends.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const fileBody = (
   path: string
-): Effect.Effect<
-  { readonly body: Stream.Stream<Uint8Array, PlatformError>; readonly size: number },
-  PlatformError,
-  FileSystem.FileSystem
-> =>
+): Effect.Effect<ReaderBody<PlatformError>, PlatformError, FileSystem.FileSystem> =>
   Effect.flatMap(FileSystem.FileSystem, (fs) =>
-    Effect.map(fs.stat(path), (info) => ({
-      body: fs.stream(path, { chunkSize: FileSystem.KiB(64) }),
-      size: Number(info.size)
-    })))
+    Effect.map(fs.stat(path), (info) =>
+      readerBody<PlatformError>({
+        size: Number(info.size),
+        open: Effect.map(fs.open(path, { flag: "r" }), (file) => (buffer) => Effect.map(file.read(buffer), Number))
+      })))

@@ -12,9 +12,13 @@ import * as Stream from "effect/Stream"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import * as BdatEncoder from "../src/BdatEncoder.js"
+import * as DataEncoder from "../src/DataEncoder.js"
 import * as SmtpConnection from "../src/SmtpConnection.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
-import type { ScriptedSession } from "./support/scriptedServer.js"
+import { latin1 } from "./support/bytes.js"
+import { random } from "./support/random.js"
+import type { ScriptedSession, ServedMessage } from "./support/scriptedServer.js"
 import { answerEhlo, ClientClosedError, greet, scriptedServer, serveTransaction } from "./support/scriptedServer.js"
 import { smtpServer } from "./support/smtpServer.js"
 
@@ -680,8 +684,7 @@ describe("bodies", () => {
         })
         const result = yield* Effect.scoped(Effect.gen(function*() {
           const c = yield* connect(server.port)
-          const file = yield* SmtpConnection.fileBody(path)
-          return yield* c.send({ from: "a@example.org", to: ["b@example.org"] }, file.body, { size: file.size })
+          return yield* c.send({ from: "a@example.org", to: ["b@example.org"] }, yield* SmtpConnection.fileBody(path))
         })).pipe(Effect.provide(NodeFileSystem.layer))
         expect(result.response.code).toBe(250)
         // Its content is not known in advance: declared 8BITMIME, which the server offers.
@@ -690,4 +693,136 @@ describe("bodies", () => {
       }),
     60_000
   )
+})
+
+describe("streamed bodies through the connection's block", () => {
+  /** A body rich in what framing must get right: dot lines, bare CR, bare LF, 8-bit octets; about `size` octets. */
+  const trickyBody = (size: number, seed: number): Buffer => {
+    const next = random(seed)
+    const ends = ["\r\n", "\r\n", "\r\n", "\n", "\r"]
+    let text = "Subject: streamed\r\n\r\n"
+    while (text.length < size) {
+      const dot = next() < 0.1 ? "." : ""
+      const word = next() < 0.05 ? "caf\u00e9 " : "word "
+      text += dot + word.repeat(1 + Math.floor(next() * 15)) + ends[Math.floor(next() * ends.length)]
+    }
+    return Buffer.from(text, "latin1")
+  }
+  /** `bytes` cut into chunks of the given sizes in turn: tiny, odd, and larger than the block. */
+  const cut = (bytes: Buffer, sizes: ReadonlyArray<number>): Array<Uint8Array> => {
+    const chunks: Array<Uint8Array> = []
+    for (let at = 0, i = 0; at < bytes.length; i++) {
+      const size = sizes[i % sizes.length]!
+      chunks.push(Buffer.from(bytes.subarray(at, at + size)))
+      at += size
+    }
+    return chunks
+  }
+  const SIZES = [1, 7, 4096, 1_500_000, 3, 65_536, 200_000]
+
+  /** A server that records what it served: DATA still dot-stuffed, BDAT chunks joined. */
+  const serving = (capabilities: ReadonlyArray<string>) => {
+    const served: Array<ServedMessage> = []
+    return Effect.map(
+      scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session, capabilities)
+        served.push(...(await serveTransaction(session)).messages)
+      }),
+      (server) => ({ server, served })
+    )
+  }
+  const asData = (bytes: Uint8Array) => latin1(Either.getOrThrow(DataEncoder.encode(bytes))).slice(0, -3)
+  const asBdat = (bytes: Uint8Array) => {
+    const encoder = BdatEncoder.make({ chunkSize: Number.MAX_SAFE_INTEGER })
+    Either.getOrThrow(encoder.push(bytes))
+    return latin1(Buffer.concat(Either.getOrThrow(encoder.end()).data))
+  }
+  /** A reader body over `bytes` that hands out reads of odd sizes, never more than it is asked. */
+  const oddReader = (bytes: Buffer, sizes: ReadonlyArray<number>) =>
+    SmtpConnection.readerBody({
+      open: Effect.sync(() => {
+        let at = 0
+        let i = 0
+        return (buffer: Uint8Array) =>
+          Effect.sync(() => {
+            const n = Math.min(sizes[i++ % sizes.length]!, buffer.length, bytes.length - at)
+            buffer.set(bytes.subarray(at, at + n))
+            at += n
+            return n
+          })
+      })
+    })
+
+  for (const method of ["DATA", "BDAT"] as const) {
+    it.scopedLive(
+      `${method}: Streams and readers of any chunking, several messages in a row, arrive exact`,
+      () =>
+        Effect.gen(function*() {
+          const capabilities = ["PIPELINING", "8BITMIME", ...(method === "BDAT" ? ["CHUNKING"] : [])]
+          const { server, served } = yield* serving(capabilities)
+          const bodies = [trickyBody(3_000_000, 1), trickyBody(50_000, 2), trickyBody(2_500_000, 3)]
+          const results = yield* Effect.scoped(Effect.gen(function*() {
+            const c = yield* connect(server.port, { timeout: "30 seconds" })
+            return yield* Stream.runCollect(c.sendAll([
+              {
+                envelope: { from: "a@example.org", to: ["b@example.org"] },
+                body: Stream.fromIterable(cut(bodies[0]!, SIZES))
+              },
+              {
+                envelope: { from: "a@example.org", to: ["c@example.org"] },
+                body: oddReader(bodies[1]!, [1, 999, 70_000])
+              },
+              { envelope: { from: "a@example.org", to: ["d@example.org"] }, body: oddReader(bodies[2]!, [262_144, 5]) }
+            ]))
+          }))
+          expect(Chunk.toReadonlyArray(results).map((r) => Either.isRight(r) && r.right.method)).toEqual([
+            method,
+            method,
+            method
+          ])
+          const expected = bodies.map(method === "DATA" ? asData : asBdat)
+          expect(served.map((m) => m.data.length)).toEqual(expected.map((e) => e.length))
+          expect(served.map((m, i) => m.data === expected[i])).toEqual([true, true, true])
+        }),
+      60_000
+    )
+  }
+
+  it.scopedLive("a reader is opened for its send and closed after it, also when a read fails midway", () =>
+    Effect.gen(function*() {
+      const { server, served } = yield* serving(["PIPELINING", "8BITMIME", "CHUNKING", "SIZE 50000000"])
+      const events: Array<string> = []
+      const block = Buffer.from(`${"a".repeat(70)}\r\n`.repeat(2000))
+      const reader = (failAt: number) =>
+        SmtpConnection.readerBody<"disk error">({
+          size: 10 * block.length,
+          open: Effect.acquireRelease(
+            Effect.sync(() => events.push("open")),
+            () => Effect.sync(() => events.push("close"))
+          ).pipe(Effect.as((() => {
+            let reads = 0
+            return (buffer: Uint8Array) =>
+              ++reads === failAt ? Effect.fail("disk error" as const) : Effect.sync(() => {
+                if (reads > 10) return 0
+                buffer.set(block.subarray(0, Math.min(block.length, buffer.length)))
+                return Math.min(block.length, buffer.length)
+              })
+          })()))
+        })
+      const [failed, sent] = yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect(server.port)
+        const failed = yield* Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, reader(4)))
+        events.push("failed")
+        const sent = yield* c.send({ from: "a@example.org", to: ["c@example.org"] }, reader(0))
+        return [failed, sent] as const
+      }))
+      expect(failed).toBe("disk error")
+      expect(sent.method).toBe("BDAT")
+      expect(events).toEqual(["open", "close", "failed", "open", "close"])
+      // The failed message was dropped with RSET; the next arrived whole, its size declared from the reader.
+      expect(served.map((m) => m.data.length)).toEqual([10 * block.length])
+      expect(server.transcripts()[0]).toContain(`MAIL FROM:<a@example.org> SIZE=${10 * block.length}`)
+      expect(server.transcripts()[0]).toContain("\r\nRSET\r\n")
+    }))
 })

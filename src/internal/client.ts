@@ -4,7 +4,6 @@
  * (only the recipients refused with a 4xx are tried again), a rate limit, a cap on concurrent transactions, metrics;
  * and the test client backed by memory.
  */
-import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
@@ -20,7 +19,6 @@ import * as Pool from "effect/Pool"
 import * as RateLimiter from "effect/RateLimiter"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
 import * as DataEncoder from "../DataEncoder.js"
 import * as Message from "../Message.js"
 import type * as SmtpClient from "../SmtpClient.js"
@@ -30,6 +28,7 @@ import type { SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
 import * as SmtpReply from "../SmtpReply.js"
 import * as SmtpRetry from "../SmtpRetry.js"
 import type { SmtpTransport } from "../SmtpTransport.js"
+import * as Body from "./body.js"
 import * as Submission from "./submission.js"
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -351,13 +350,14 @@ export const layerConfig = (
 const reply = (code: number, enhancedCode: string, text: string) =>
   new SmtpReply.SmtpReply({ code, enhancedCode, lines: [text] })
 
-/** The body, read whole. */
-const bodyBytes = <E, R>(body: SmtpConnection.Body<E, R>): Effect.Effect<Uint8Array, E, R> =>
-  typeof body === "string"
-    ? Effect.succeed(new TextEncoder().encode(body))
-    : body instanceof Uint8Array
-    ? Effect.succeed(body)
-    : Effect.map(Stream.runCollect(body), (chunks) => Buffer.concat(Chunk.toReadonlyArray(chunks)))
+/** The body, read whole (a chunk is only lent, so each is copied). */
+const bodyBytes = <E, R>(body: SmtpConnection.Body<E, R>): Effect.Effect<Uint8Array, E, R> => {
+  const chunks: Array<Buffer> = []
+  return Effect.map(
+    Body.forEachChunk(body, (chunk) => Effect.sync(() => void chunks.push(Buffer.from(chunk)))),
+    () => Buffer.concat(chunks)
+  )
+}
 
 export const layerTest: Layer.Layer<SmtpClient.SmtpClient | SmtpClient.TestClient> = Layer.effectContext(
   Effect.sync(() => {

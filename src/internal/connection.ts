@@ -32,6 +32,7 @@ import type { SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
 import * as SmtpReply from "../SmtpReply.js"
 import { SmtpTransport } from "../SmtpTransport.js"
 import type { SmtpSocket, TlsDetails, TlsOptions } from "../SmtpTransport.js"
+import * as Body from "./body.js"
 import * as Sasl from "./sasl.js"
 import * as Submission from "./submission.js"
 
@@ -108,8 +109,6 @@ const defaultClientName = (localAddress: string): string => {
 
 const closedError = (reason: string) =>
   new NetworkError({ operation: "use", code: "ECLOSED", cause: new Error(reason) })
-
-const encoder = new TextEncoder()
 
 /** Reply codes that mean the command worked, per command. */
 const expectedClass = (command: SmtpCommand.SmtpCommand): (reply: SmtpReply.SmtpReply) => boolean =>
@@ -423,9 +422,8 @@ export const make = (
             octets += chunk.length
             return encoded.length === 0 ? Effect.void : writeBytes([encoded], "dataBlock")
           })
-        if (typeof body === "string") yield* writeChunk(encoder.encode(body))
-        else if (body instanceof Uint8Array) yield* writeChunk(body)
-        else yield* Stream.runForEach(body, writeChunk)
+        // A chunk is only lent, but each write is awaited before the next chunk is read.
+        yield* Body.forEachChunk(body, writeChunk)
         yield* writeBytes([yield* dataEncoder.end()], "dataBlock")
         yield* record("client", `<message body, ${octets} octets, then .>`)
         return yield* readReply("dataEnd", "DATA", true)
@@ -565,6 +563,7 @@ export const make = (
       return fixed(SmtpCommand.quit).pipe(Effect.ensuring(breakConnection("QUIT")))
     })
 
+    let bodyBlock: Buffer | undefined
     /** What the submission engine needs of this session. */
     const session: Submission.Session = {
       capabilities: () => capabilities,
@@ -575,7 +574,8 @@ export const make = (
       note: (line) => note("client", line),
       check,
       breakConnection,
-      broken: () => broken
+      broken: () => broken,
+      bodyBlock: () => (bodyBlock ??= Buffer.allocUnsafe(Submission.BODY_BLOCK_SIZE))
     }
 
     /** Runs a batch through the engine in one use of the connection; on a closed one, every message fails at once. */

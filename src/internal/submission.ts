@@ -32,6 +32,8 @@ import {
   TimeoutError
 } from "../SmtpError.js"
 import * as SmtpReply from "../SmtpReply.js"
+import * as Body from "./body.js"
+import { LineCanonicalizer, maxOutput } from "./lineCanonicalizer.js"
 
 type Phase = keyof SmtpConnection.Timeouts
 type RefusalError = SmtpTransientError | SmtpPermanentError
@@ -60,6 +62,11 @@ export interface Session {
   readonly breakConnection: (reason: string) => Effect.Effect<void>
   /** The error further use gets, once the connection is closed. */
   readonly broken: () => NetworkError | undefined
+  /**
+   * The connection's block of `BODY_BLOCK_SIZE` octets for streamed bodies, made at first use and kept for its life:
+   * free whenever no batch runs.
+   */
+  readonly bodyBlock: () => Buffer
 }
 
 /** Bytes gathered before a write even though no reply is awaited yet: what keeps a streamed body moving. */
@@ -67,6 +74,16 @@ const FLUSH_AT = 64 * 1024
 /** BDAT chunk replies of one message left unread before the engine waits for one. */
 const BDAT_REPLIES_AHEAD = 8
 const END_OF_DATA = new TextEncoder().encode(".\r\n")
+/**
+ * The size of the block streamed bodies are canonicalized into, one per connection and reused once what was queued
+ * from it is written: room for a whole read (`Body.READ_SIZE`) at its worst case, twice over.
+ */
+export const BODY_BLOCK_SIZE = 2 * maxOutput(Body.READ_SIZE)
+/** A piece of a chunk smaller than this, and smaller than what is left of the chunk, waits for an empty block. */
+const MIN_PIECE = 4 * 1024
+
+/** What can stop a streamed body: its own line rule or 8-bit octets, the session, or what `E2` adds. */
+type StreamFailure<E2> = InvalidInputError | SmtpCapabilityError | SessionFailure | E2
 
 /** A failure of the session met while a body streams, kept apart from the body's own failures. */
 class SessionFailure {
@@ -74,7 +91,6 @@ class SessionFailure {
 }
 const asSessionFailure = <A, R>(effect: Effect.Effect<A, Fatal, R>) =>
   Effect.mapError(effect, (error) => new SessionFailure(error))
-const utf8 = new TextEncoder()
 
 // ---------------------------------------------------------------------------------------------------------------
 // Planning: everything that can be checked before a byte is sent
@@ -90,7 +106,8 @@ type PreparedBody<E, R> =
   }
   | {
     readonly _tag: "Streamed"
-    readonly stream: Stream.Stream<Uint8Array, E, R>
+    /** A `Stream` or a `ReaderBody`. */
+    readonly body: SmtpConnection.Body<E, R>
     /** The server lacks 8BITMIME and the body was not declared 8-bit: an 8-bit octet ends the send. */
     readonly sevenBitOnly: boolean
   }
@@ -113,8 +130,6 @@ const transcriptLine = (bytes: Uint8Array): string =>
 
 const capabilityError = (capability: SmtpCapabilityError["capability"], reason: string) =>
   Either.left(new SmtpCapabilityError({ capability, reason }))
-
-const toBytes = (body: Uint8Array | string): Uint8Array => typeof body === "string" ? utf8.encode(body) : body
 
 /** Where the header section ends: after the first empty line (CRLF CRLF, or bare LF LF), or the whole message. */
 const headerSection = (bytes: Uint8Array): Uint8Array => {
@@ -169,7 +184,7 @@ export const plan = <E, R>(
     }
 
     // The content: size, 8-bit octets, and 8-bit headers, known when the body is in memory.
-    const inMemory = typeof body === "string" || body instanceof Uint8Array ? toBytes(body) : undefined
+    const inMemory = Body.inMemory(body)
     const eightBit = inMemory !== undefined && !isAscii(inMemory)
     const eightBitHeaders = eightBit && inMemory !== undefined && !isAscii(headerSection(inMemory))
 
@@ -250,13 +265,17 @@ export const plan = <E, R>(
       }
       : {
         _tag: "Streamed",
-        stream: body as Stream.Stream<Uint8Array, E, R>,
+        body,
         sevenBitOnly: bodyType === undefined
       }
 
     // SIZE (RFC 1870): declared when known, and checked against the limit before anything is sent.
     const size = mailParameters.size ?? options.size ??
-      (prepared._tag === "Encoded" ? prepared.chunks.reduce((n, c) => n + c.length, 0) : undefined)
+      (prepared._tag === "Encoded"
+        ? prepared.chunks.reduce((n, c) => n + c.length, 0)
+        : Body.isReaderBody(body)
+        ? body.size
+        : undefined)
     const limit = Capabilities.sizeLimit(capabilities)
     if (size !== undefined && Option.isSome(limit) && limit.value > 0 && size > limit.value) {
       return yield* capabilityError("SIZE", `the message is ${size} octets and the server takes at most ${limit.value}`)
@@ -349,33 +368,51 @@ export const run = <E, R, R2>(
     let out: Array<Uint8Array> = []
     let outBytes = 0
     let flushes = 0
+    /** Streamed bodies are canonicalized here: [blockStart, blockEnd) is written but not queued yet. */
+    let block: Buffer | undefined
+    let blockStart = 0
+    let blockEnd = 0
     const due: Array<Due> = []
     /** Messages whose result is not out yet, oldest first. */
     const open: Array<Transaction> = []
     /** The previous DATA transaction left the server in a transaction: RSET before the next MAIL. */
     let resetPending = false
 
+    /** Once everything queued is written, the block's bytes not queued yet move to its start. */
+    const reclaimBlock = () => {
+      if (block === undefined || blockStart === 0) return
+      if (blockEnd > blockStart) block.copyWithin(0, blockStart, blockEnd)
+      blockEnd -= blockStart
+      blockStart = 0
+    }
     const flush = Effect.suspend(() => {
-      if (out.length === 0) return Effect.void
+      if (out.length === 0) return Effect.sync(reclaimBlock)
       const chunks = out
       out = []
       outBytes = 0
       flushes++
       return Effect.tap(session.write(chunks), () => {
         for (const transaction of open) if (transaction.endQueued) transaction.endSent = true
+        reclaimBlock()
       })
     })
-    const queue = (bytes: Uint8Array) =>
+    /** Adds to the output buffer, all at once: no flush comes between `bytes` and `more`. */
+    const queue = (bytes: Uint8Array, more: ReadonlyArray<Uint8Array> = []) =>
       Effect.suspend(() => {
         out.push(bytes)
         outBytes += bytes.length
+        for (const piece of more) {
+          out.push(piece)
+          outBytes += piece.length
+        }
         return outBytes >= FLUSH_AT ? flush : Effect.void
       })
-    const command = (bytes: Uint8Array, line: string, entry: ReplyDue) =>
+    /** A command and what follows it without a reply of its own (a BDAT chunk's data). */
+    const command = (bytes: Uint8Array, line: string, entry: ReplyDue, data: ReadonlyArray<Uint8Array> = []) =>
       Effect.suspend(() => {
         session.note(line)
         due.push(entry)
-        return queue(bytes)
+        return queue(bytes, data)
       })
 
     const finish = (
@@ -519,35 +556,84 @@ export const run = <E, R, R2>(
           ? transaction.rejected[0]!.error
           : undefined)
 
-    /** Fails when a streamed body turns out 8-bit for a server that only takes 7-bit. */
-    const checkSevenBit = (sevenBitOnly: boolean, bytes: Uint8Array) =>
-      sevenBitOnly && !isAscii(bytes)
-        ? Effect.fail(
-          new SmtpCapabilityError({
-            capability: "8BITMIME",
-            reason: "the body has 8-bit octets and the server does not offer 8BITMIME"
-          })
-        )
-        : Effect.void
+    /** What a streamed body that turns out 8-bit fails with, on a server that only takes 7-bit. */
+    const sevenBitViolation = () =>
+      new SmtpCapabilityError({
+        capability: "8BITMIME",
+        reason: "the body has 8-bit octets and the server does not offer 8BITMIME"
+      })
 
-    /** The body through the DATA encoder, into the output buffer; the session's own failures come wrapped. */
+    /** The block's bytes not queued yet, taken to be queued at once. */
+    const takeBlock = (): ReadonlyArray<Uint8Array> => {
+      if (blockEnd === blockStart) return []
+      const region = block!.subarray(blockStart, blockEnd)
+      blockStart = blockEnd
+      return [region]
+    }
+    /** The block's bytes not queued yet, now queued. */
+    const queueBlock = Effect.suspend(() => {
+      const [region] = takeBlock()
+      return region === undefined ? Effect.void : queue(region)
+    })
+    /** Drops the block's bytes not queued yet: the rest of a body that will not be sent. */
+    const dropBlock = () => void (blockEnd = blockStart)
+
+    /**
+     * Canonicalizes a streamed body into the block (copied as is when binary), chunk by chunk; when the block has no
+     * room, `full` sends what it holds, so that a flush frees it. The session's own failures come wrapped.
+     */
+    const streamIntoBlock = <E2>(
+      plan: Plan<E, R>,
+      lines: LineCanonicalizer | undefined,
+      full: Effect.Effect<void, SessionFailure | E2>,
+      chunkDone: Effect.Effect<void, SessionFailure | E2>
+    ) => {
+      const { body, sevenBitOnly } = plan.body as Extract<PreparedBody<E, R>, { _tag: "Streamed" }>
+      block ??= session.bodyBlock()
+      let octets = 0
+      const piece = (chunk: Uint8Array, from: number): Effect.Effect<void, StreamFailure<E2>> => {
+        const left = chunk.length - from
+        if (left === 0) return chunkDone
+        const room = block!.length - blockEnd
+        const take = Math.min(left, lines === undefined ? room : (room - 1) >> 1)
+        if (take < Math.min(left, MIN_PIECE)) {
+          return Effect.flatMap(Effect.zipRight(full, asSessionFailure(flush)), () => piece(chunk, from))
+        }
+        const part = chunk.subarray(from, from + take)
+        if (lines === undefined) {
+          block!.set(part, blockEnd)
+          blockEnd += take
+        } else {
+          const end = lines.pushInto(part, block!, blockEnd)
+          if (typeof end !== "number") return Effect.fail(end)
+          blockEnd = end
+        }
+        return piece(chunk, from + take)
+      }
+      return Effect.map(
+        Body.forEachChunk(body, (chunk): Effect.Effect<void, StreamFailure<E2>> => {
+          if (sevenBitOnly && !isAscii(chunk)) return Effect.fail(sevenBitViolation())
+          octets += chunk.length
+          return piece(chunk, 0)
+        }),
+        () => octets
+      )
+    }
+
+    /** The body into the output buffer, dot-stuffed, then the end of data. */
     const dataBody = (plan: Plan<E, R>) =>
       Effect.gen(function*() {
         if (plan.body._tag === "Encoded") {
           for (const chunk of plan.body.chunks) yield* asSessionFailure(queue(chunk))
           return plan.body.octets
         }
-        const encoder = DataEncoder.make({ allowLongLines: plan.allowLongLines })
-        const sevenBitOnly = plan.body.sevenBitOnly
-        let octets = 0
-        yield* Stream.runForEach(plan.body.stream, (chunk) =>
-          Effect.gen(function*() {
-            yield* checkSevenBit(sevenBitOnly, chunk)
-            octets += chunk.length
-            const encoded = yield* encoder.push(chunk)
-            if (encoded.length > 0) yield* asSessionFailure(queue(encoded))
-          }))
-        yield* asSessionFailure(queue(yield* encoder.end()))
+        const lines = new LineCanonicalizer({ dotStuff: true, allowLongLines: plan.allowLongLines })
+        const queued = asSessionFailure(queueBlock)
+        const octets = yield* streamIntoBlock(plan, lines, queued, queued)
+        const close = lines.end()
+        if (!(close instanceof Uint8Array)) return yield* Effect.fail(close)
+        yield* asSessionFailure(queue(close))
+        yield* asSessionFailure(queue(END_OF_DATA))
         return octets
       })
 
@@ -613,43 +699,58 @@ export const run = <E, R, R2>(
         const chunk = (size: number, last: boolean, data: ReadonlyArray<Uint8Array>) =>
           Effect.gen(function*() {
             const header = SmtpCommand.encode(SmtpCommand.bdat(size, last)).pipe(Either.getOrThrow)
-            yield* command(header, `BDAT ${size}${last ? " LAST" : ""} <${size} octets>`, bdatDue(transaction, last))
             if (last) transaction.endQueued = true
-            for (const piece of data) yield* queue(piece)
+            yield* command(
+              header,
+              `BDAT ${size}${last ? " LAST" : ""} <${size} octets>`,
+              bdatDue(transaction, last),
+              data
+            )
             if (!plan.pipelining) return yield* readFor(transaction)
             // A long message: read its chunks' replies as they come, so that a refusal stops it early.
             while (due.filter((d) => d.transaction === transaction).length > BDAT_REPLIES_AHEAD) yield* readOne
           })
-        const octets = (data: ReadonlyArray<Uint8Array>) => data.reduce((n, c) => n + c.length, 0)
-        if (plan.body._tag === "Encoded") return yield* chunk(octets(plan.body.chunks), true, plan.body.chunks)
-        const encoder = BdatEncoder.make({ allowLongLines: plan.allowLongLines, binary: plan.binary })
-        const sevenBitOnly = plan.body.sevenBitOnly
+        if (plan.body._tag === "Encoded") {
+          const size = plan.body.chunks.reduce((n, c) => n + c.length, 0)
+          return yield* chunk(size, true, plan.body.chunks)
+        }
+        /** The block's bytes not queued yet, as one chunk; none after a refused chunk (RFC 3030 §2). */
+        const cut = (last: boolean) =>
+          Effect.suspend(() => {
+            const size = blockEnd - blockStart
+            if (!last && (size === 0 || transaction.chunkError !== undefined)) return Effect.sync(dropBlock)
+            return chunk(size, last, takeBlock())
+          })
+        const lines = plan.binary
+          ? undefined
+          : new LineCanonicalizer({ dotStuff: false, allowLongLines: plan.allowLongLines })
+        const full = asSessionFailure(cut(false))
+        const chunkDone = Effect.suspend(() =>
+          blockEnd - blockStart >= BdatEncoder.defaultChunkSize ? full : Effect.void
+        )
         const sent = yield* Effect.either(
-          Stream.runForEach(plan.body.stream, (bytes) =>
-            Effect.gen(function*() {
-              yield* checkSevenBit(sevenBitOnly, bytes)
-              for (const piece of yield* encoder.push(bytes)) {
-                // RFC 3030 §2: after a refused chunk, no more chunks; the rest of the body is read and dropped.
-                if (transaction.chunkError === undefined) {
-                  yield* asSessionFailure(chunk(octets(piece.data), false, piece.data))
-                }
-              }
-            }))
+          Effect.flatMap(streamIntoBlock(plan, lines, full, chunkDone), () => {
+            const close = lines?.end()
+            return close instanceof InvalidInputError ? Effect.fail(close) : Effect.succeed(close)
+          })
         )
         if (Either.isLeft(sent)) {
-          if (sent.left instanceof SessionFailure) return yield* Effect.fail(sent.left.error)
+          const failure = sent.left
+          if (failure instanceof SessionFailure) return yield* Effect.fail(failure.error)
           // Between two chunks: RSET drops what was sent of this message (RFC 3030 §2), and the session goes on.
+          dropBlock()
           yield* queueReset
           yield* readFor(transaction)
-          return yield* fail(transaction, sent.left)
+          return yield* fail(transaction, failure)
         }
-        const last = encoder.end()
-        if (Either.isLeft(last)) {
-          yield* queueReset
-          yield* readFor(transaction)
-          return yield* fail(transaction, last.left)
+        const close = sent.right
+        if (close !== undefined && close.length > 0) {
+          // At most two octets (CRLF, or the LF of a final CR): queued with the last chunk, counted in its size.
+          if (block!.length - blockEnd < close.length) yield* cut(false).pipe(Effect.zipRight(flush))
+          block!.set(close, blockEnd)
+          blockEnd += close.length
         }
-        yield* chunk(octets(last.right.data), true, last.right.data)
+        yield* cut(true)
       })
 
     const runOne = (submission: SmtpConnection.Submission<E, R>) =>
