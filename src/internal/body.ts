@@ -2,6 +2,7 @@
  * The one place that walks a message body, whatever it was given as: bytes, a string, a `Stream`, or a reader
  * (`SmtpConnection.ReaderBody`, a file among them).
  */
+import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Stream from "effect/Stream"
 import type * as SmtpConnection from "../SmtpConnection.js"
@@ -34,7 +35,13 @@ export const forEachChunk = <E, R, E2, R2>(
 ): Effect.Effect<void, E | E2, R | R2> => {
   const bytes = inMemory(body)
   if (bytes !== undefined) return f(bytes)
-  if (!isReaderBody(body)) return Stream.runForEach(body as Stream.Stream<Uint8Array, E, R>, f)
+  if (!isReaderBody(body)) {
+    // By chunk, not by element: `runForEach` costs more per element, and a body's chunks are mostly singletons.
+    return Stream.runForEachChunk(
+      body as Stream.Stream<Uint8Array, E, R>,
+      (chunk) => chunk.length === 1 ? f(Chunk.unsafeGet(chunk, 0)) : Effect.forEach(chunk, f, { discard: true })
+    )
+  }
   const reader = body as SmtpConnection.ReaderBody<E, R>
   return Effect.scoped(Effect.flatMap(reader.open, (read) => {
     // A small file gets a small buffer; one that grew since its size was taken just takes more reads.

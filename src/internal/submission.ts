@@ -79,6 +79,11 @@ const END_OF_DATA = new TextEncoder().encode(".\r\n")
  * from it is written: room for a whole read (`Body.READ_SIZE`) at its worst case, twice over.
  */
 export const BODY_BLOCK_SIZE = 2 * maxOutput(Body.READ_SIZE)
+/**
+ * The least size of a streamed body's BDAT chunks (the last may be smaller): each chunk costs a reply, so a long body
+ * goes in few; the block holds one and the worst case of the next read.
+ */
+const STREAMED_CHUNK_SIZE = 512 * 1024
 /** A piece of a chunk smaller than this, and smaller than what is left of the chunk, waits for an empty block. */
 const MIN_PIECE = 4 * 1024
 
@@ -726,7 +731,7 @@ export const run = <E, R, R2>(
           : new LineCanonicalizer({ dotStuff: false, allowLongLines: plan.allowLongLines })
         const full = asSessionFailure(cut(false))
         const chunkDone = Effect.suspend(() =>
-          blockEnd - blockStart >= BdatEncoder.defaultChunkSize ? full : Effect.void
+          blockEnd - blockStart >= STREAMED_CHUNK_SIZE ? full : Effect.void
         )
         const sent = yield* Effect.either(
           Effect.flatMap(streamIntoBlock(plan, lines, full, chunkDone), () => {
