@@ -44,8 +44,8 @@ const kill = async (child: ChildProcess): Promise<void> => {
   live.delete(child)
 }
 
-const start = (script: URL, args: ReadonlyArray<string>): ChildProcess => {
-  const child = fork(script, [...args], { execArgv: [], stdio: ["ignore", "inherit", "inherit", "ipc"] })
+const start = (script: URL, args: ReadonlyArray<string>, execArgv: ReadonlyArray<string> = []): ChildProcess => {
+  const child = fork(script, [...args], { execArgv: [...execArgv], stdio: ["ignore", "inherit", "inherit", "ipc"] })
   live.add(child)
   return child
 }
@@ -113,9 +113,14 @@ export const startChild = async (script: URL, args: ReadonlyArray<string>): Prom
 }
 
 /** Forks `script` with `args` and waits for its one `result` message and its exit; kills it after `timeoutMs`. */
-export const runChild = async (script: URL, args: ReadonlyArray<string>, timeoutMs: number): Promise<Message> => {
+export const runChild = async (
+  script: URL,
+  args: ReadonlyArray<string>,
+  timeoutMs: number,
+  execArgv: ReadonlyArray<string> = []
+): Promise<Message> => {
   const what = `${script.pathname.split("/").pop()} ${args.join(" ")}`
-  const child = start(script, args)
+  const child = start(script, args, execArgv)
   try {
     return await first(child, "result", what, timeoutMs)
   } finally {

@@ -2,7 +2,8 @@
  * The benchmarks: `npm run bench`. Prints one table per group; see docs/benchmarks.md for what each row measures.
  * Without an argument it runs every group; `node .bench-build/bench/index.js core` runs only the sans-IO protocol
  * core (reply parsing, DATA encoding), `... submission` only the submission benchmarks (real servers and sockets),
- * `... pool` only the SmtpClient pool benchmarks (pool scaling, client CPU with a pool).
+ * `... memory` only the peak RSS of one 1 GiB message, `... pool` only the SmtpClient pool benchmarks (pool scaling,
+ * client CPU with a pool).
  */
 import { readFileSync } from "node:fs"
 import * as os from "node:os"
@@ -30,7 +31,7 @@ const cpuModel = (): string => {
 
 const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`
 
-const GROUPS = ["core", "submission", "pool"]
+const GROUPS = ["core", "submission", "memory", "pool"]
 
 const core = async (): Promise<void> => {
   console.log(
@@ -77,6 +78,11 @@ const submission = async (): Promise<void> => {
   await Submission.run(console.log)
 }
 
+const memory = async (): Promise<void> => {
+  console.log("\nMemory: one message of 1 GiB per run, client and sink in their own processes; one run per row")
+  await Submission.memory(console.log)
+}
+
 const pool = async (): Promise<void> => {
   console.log(
     "\nSmtpClient pool: a pool of N connections per run, smtp-server and the proxy in their own processes; " +
@@ -94,6 +100,7 @@ const main = async (): Promise<void> => {
   console.log(`node ${process.version}, ${os.cpus().length} cores, ${cpuModel()}`)
   if (only === undefined || only === "core") await core()
   if (only === undefined || only === "submission") await submission()
+  if (only === undefined || only === "memory") await memory()
   if (only === undefined || only === "pool") await pool()
   console.log(`\nTotal ${((performance.now() - started) / 1e3).toFixed(1)} s`)
 }

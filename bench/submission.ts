@@ -6,7 +6,8 @@
  * - Latency-bound: 500 messages of 5,000 octets on one connection through a proxy that adds 5 ms each way, to
  *   smtp-server (DATA) and to Postfix (BDAT and DATA).
  * - CPU: 5,000 messages straight to smtp-server, the client's CPU time per message.
- * - Memory: the client's peak RSS while it streams a 1 GiB body to a sink.
+ * - Memory (a group of its own, `memory`): the client's peak RSS while it streams a 1 GiB body to a sink, from a file
+ *   and from a Stream, ours beside Nodemailer and the raw client.
  *
  * Every run checks what the server received and throws when it differs from what was sent.
  */
@@ -14,6 +15,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Stream from "effect/Stream"
 import * as fs from "node:fs"
+import * as os from "node:os"
 import * as path from "node:path"
 import nodemailer from "nodemailer"
 import * as DataEncoder from "../src/DataEncoder.js"
@@ -447,17 +449,25 @@ interface MemoryRun {
   readonly how: string
 }
 
-/** One send of `blocks` blocks through our connection, in a child process, to a sink in another child. */
+type MemoryClient = "ours" | "file" | "nodemailer" | "nodemailer-file" | "raw"
+
+/**
+ * One message of `blocks` blocks from a client in a child process (node flags `execArgv`) to a sink in another
+ * child; a `file` kind reads the blocks from `path`.
+ */
 const memoryRun = async (
   name: string,
-  client: "ours" | "raw",
+  client: MemoryClient,
   chunking: boolean,
-  blocks: number
+  blocks: number,
+  path: string,
+  execArgv: ReadonlyArray<string> = []
 ): Promise<MemoryRun> => {
   const block = memoryBlock()
   const sink = await startChild(SERVER_PROCESS, ["sink", chunking ? "bdat" : "data"])
   try {
-    const result = await runChild(MEMORY_CLIENT, [String(sink.ready.port), String(blocks), client], 180_000)
+    const args = [String(sink.ready.port), String(blocks), client, path]
+    const result = await runChild(MEMORY_CLIENT, args, 180_000, execArgv)
     const stats = await sink.request("stats")
     const octets = blocks * block.bytes.length
     // DATA: every leading dot doubled and the terminating .CRLF; BDAT: the octets as they are.
@@ -472,16 +482,51 @@ const memoryRun = async (
   }
 }
 
-const memory = async (log: (line: string) => void) => {
+/** The 1 GiB file the file rows send: the memory block `blocks` times, written to a temporary folder. */
+const withMemoryFile = async <A>(blocks: number, f: (path: string) => Promise<A>): Promise<A> => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-smtp-bench-"))
+  try {
+    const file = path.join(dir, "message.eml")
+    const fd = fs.openSync(file, "w")
+    try {
+      const block = memoryBlock().bytes
+      for (let i = 0; i < blocks; i++) fs.writeSync(fd, block)
+    } finally {
+      fs.closeSync(fd)
+    }
+    return await f(file)
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/** V8's young generation capped at 1 MiB per semi-space, for the rows that show what the default's growth costs. */
+const SMALL_YOUNG_GENERATION = ["--max-semi-space-size=1"]
+
+/** The memory group: peak RSS of one 1 GiB message, per client and body kind; needs no server but its own sink. */
+export const memory = async (log: (line: string) => void) => {
   const blockSize = memoryBlock().bytes.length
   const blocks = Math.ceil(MEMORY_OCTETS / blockSize)
-  const runs = [
-    await memoryRun("ours, send, one block", "ours", false, 1),
-    await memoryRun("ours, send, 1 GiB Stream, DATA sink", "ours", false, blocks),
-    await memoryRun("ours, send, 1 GiB Stream, BDAT sink", "ours", true, blocks),
-    await memoryRun("raw, DataEncoder + socket, one block", "raw", false, 1),
-    await memoryRun("raw, DataEncoder + socket, 1 GiB, DATA sink", "raw", false, blocks)
-  ]
+  const runs = await withMemoryFile(blocks, async (file) => {
+    const run = (name: string, client: MemoryClient, chunking: boolean, n: number, execArgv?: ReadonlyArray<string>) =>
+      memoryRun(name, client, chunking, n, file, execArgv)
+    const small = SMALL_YOUNG_GENERATION.join(" ")
+    return [
+      await run("ours, send, one block", "ours", false, 1),
+      await run("ours, send, 1 GiB file (fileBody), DATA sink", "file", false, blocks),
+      await run("ours, send, 1 GiB file (fileBody), BDAT sink", "file", true, blocks),
+      await run("ours, send, 1 GiB Stream, DATA sink", "ours", false, blocks),
+      await run("ours, send, 1 GiB Stream, BDAT sink", "ours", true, blocks),
+      await run("Nodemailer, one block", "nodemailer", false, 1),
+      await run("Nodemailer, 1 GiB file (createReadStream)", "nodemailer-file", false, blocks),
+      await run("Nodemailer, 1 GiB Readable", "nodemailer", false, blocks),
+      await run("raw, DataEncoder + socket, one block", "raw", false, 1),
+      await run("raw, DataEncoder + socket, 1 GiB, DATA sink", "raw", false, blocks),
+      await run(`ours, 1 GiB file, DATA sink, ${small}`, "file", false, blocks, SMALL_YOUNG_GENERATION),
+      await run(`ours, 1 GiB file, BDAT sink, ${small}`, "file", true, blocks, SMALL_YOUNG_GENERATION),
+      await run(`Nodemailer, 1 GiB file, ${small}`, "nodemailer-file", false, blocks, SMALL_YOUNG_GENERATION)
+    ]
+  })
   const mib = (kib: number): string => (kib / 1024).toFixed(1)
   log(
     columns(
@@ -534,7 +579,6 @@ const group = async (log: (line: string) => void, postfix: PostfixServer): Promi
     await roundTrip(log, "Postfix", postfixProxy, postfix.ports.plain)
     await latency(log, smtpTally, smtpProxy, postfixTally_, postfixProxy)
     await cpu(log, smtpTally, smtpPort)
-    await memory(log)
   } finally {
     for (const c of children.reverse()) await c.close()
   }
