@@ -23,7 +23,7 @@ import * as DataEncoder from "../src/DataEncoder.js"
 import * as SmtpConnection from "../src/SmtpConnection.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
 import { fail, finish } from "./child.js"
-import { memoryBlock, SENDER } from "./messages.js"
+import { memoryBlock, nodemailerTarget, SENDER } from "./messages.js"
 import * as RawClient from "./rawClient.js"
 
 const RECIPIENT = "rcpt@example.org"
@@ -58,13 +58,7 @@ const file = (port: number, path: string): Promise<{ readonly code: number; read
 const viaNodemailer = async (port: number, body: Readable): Promise<{ readonly code: number; readonly ms: number }> => {
   // Loaded only here, so that the other kinds' processes do not hold Nodemailer's modules.
   const { default: nodemailer } = await import("nodemailer")
-  const transport = nodemailer.createTransport({
-    host: "127.0.0.1",
-    port,
-    secure: false,
-    ignoreTLS: true,
-    name: "bench.example"
-  })
+  const transport = nodemailer.createTransport(nodemailerTarget(port))
   try {
     const start = performance.now()
     const info = await transport.sendMail({ envelope: { from: SENDER, to: [RECIPIENT] }, raw: body })

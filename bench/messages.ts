@@ -7,6 +7,10 @@ import * as DataEncoding from "./dataEncoding.js"
 export const MESSAGE_SIZE = 5_000
 export const SENDER = "sender@example.com"
 
+/** Where Nodemailer's transports in the bench connect: a loopback port, in cleartext, as `bench.example`. */
+export const nodemailerTarget = (port: number) =>
+  ({ host: "127.0.0.1", port, secure: false, ignoreTLS: true, name: "bench.example" }) as const
+
 const CRLF = Buffer.from("\r\n")
 
 export interface Message {

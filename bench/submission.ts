@@ -28,7 +28,7 @@ import { runChild, startChild } from "./child.js"
 import type { Case, Options, Result } from "./harness.js"
 import { columns, fixed, measure, median } from "./harness.js"
 import type { Message } from "./messages.js"
-import { memoryBlock, MESSAGE_SIZE, messages } from "./messages.js"
+import { memoryBlock, MESSAGE_SIZE, messages, nodemailerTarget } from "./messages.js"
 import * as RawClient from "./rawClient.js"
 
 const LATENCY_MESSAGES = 500
@@ -143,14 +143,10 @@ export const nodemailerCase = (
   run: async () => {
     // A pool that never retires a connection: with the default of 1, one connection for every message.
     const transport = nodemailer.createTransport({
+      ...nodemailerTarget(port),
       pool: true,
       maxConnections,
-      maxMessages: Infinity,
-      host: "127.0.0.1",
-      port,
-      secure: false,
-      ignoreTLS: true,
-      name: "bench.example"
+      maxMessages: Infinity
     })
     try {
       const send = async (m: Message): Promise<number> => {

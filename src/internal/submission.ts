@@ -730,9 +730,7 @@ export const run = <E, R, R2>(
           ? undefined
           : new LineCanonicalizer({ dotStuff: false, allowLongLines: plan.allowLongLines })
         const full = asSessionFailure(cut(false))
-        const chunkDone = Effect.suspend(() =>
-          blockEnd - blockStart >= STREAMED_CHUNK_SIZE ? full : Effect.void
-        )
+        const chunkDone = Effect.suspend(() => blockEnd - blockStart >= STREAMED_CHUNK_SIZE ? full : Effect.void)
         const sent = yield* Effect.either(
           Effect.flatMap(streamIntoBlock(plan, lines, full, chunkDone), () => {
             const close = lines?.end()
