@@ -74,6 +74,8 @@ const FLUSH_AT = 64 * 1024
 /** BDAT chunk replies of one message left unread before the engine waits for one. */
 const BDAT_REPLIES_AHEAD = 8
 const END_OF_DATA = new TextEncoder().encode(".\r\n")
+/** No bytes: the default of what follows a command, shared so that a command allocates no array for it. */
+const NOTHING: ReadonlyArray<Uint8Array> = []
 /**
  * The size of the block streamed bodies are canonicalized into, one per connection and reused once what was queued
  * from it is written: room for a whole read (`Body.READ_SIZE`) at its worst case, twice over.
@@ -402,7 +404,7 @@ export const run = <E, R, R2>(
       })
     })
     /** Adds to the output buffer, all at once: no flush comes between `bytes` and `more`. */
-    const queue = (bytes: Uint8Array, more: ReadonlyArray<Uint8Array> = []) =>
+    const queue = (bytes: Uint8Array, more: ReadonlyArray<Uint8Array> = NOTHING) =>
       Effect.suspend(() => {
         out.push(bytes)
         outBytes += bytes.length
@@ -413,7 +415,7 @@ export const run = <E, R, R2>(
         return outBytes >= FLUSH_AT ? flush : Effect.void
       })
     /** A command and what follows it without a reply of its own (a BDAT chunk's data). */
-    const command = (bytes: Uint8Array, line: string, entry: ReplyDue, data: ReadonlyArray<Uint8Array> = []) =>
+    const command = (bytes: Uint8Array, line: string, entry: ReplyDue, data: ReadonlyArray<Uint8Array> = NOTHING) =>
       Effect.suspend(() => {
         session.note(line)
         due.push(entry)
