@@ -127,6 +127,8 @@ export const validateDomain = (domain: string, field: string): Either.Either<str
  * @category parsers
  */
 export const parse = (input: string, field = "address"): Either.Either<Mailbox, InvalidInputError> => {
+  const known = recentlyParsed.get(input)
+  if (known !== undefined) return Either.right(known)
   const fail = (reason: string) => Either.left(new InvalidInputError({ field, reason }))
   const address = input.startsWith("<") && input.endsWith(">") ? input.slice(1, -1) : input
   if (address === "") return fail("the address is empty")
@@ -145,8 +147,18 @@ export const parse = (input: string, field = "address"): Either.Either<Mailbox, 
   const problem = domainProblem(domain)
   if (problem !== undefined) return fail(problem)
   if (utf8.encode(address).length > 254) return fail("the address is longer than 254 octets")
-  return Either.right(new Mailbox({ localPart, domain }))
+  const mailbox = new Mailbox({ localPart, domain })
+  if (recentlyParsed.size >= RECENTLY_PARSED) recentlyParsed.delete(recentlyParsed.keys().next().value!)
+  recentlyParsed.set(input, mailbox)
+  return Either.right(mailbox)
 }
+
+/**
+ * The last addresses that parsed, by input: a batch parses its sender again and again, and every address twice (to
+ * plan the message, then to encode its command). A `Mailbox` is immutable, so handing out the same one is safe.
+ */
+const recentlyParsed = new Map<string, Mailbox>()
+const RECENTLY_PARSED = 8
 
 /**
  * The address as it goes between `<` and `>`.

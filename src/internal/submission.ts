@@ -142,9 +142,10 @@ const capabilityError = (capability: SmtpCapabilityError["capability"], reason: 
 const headerSection = (bytes: Uint8Array): Uint8Array => {
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const crlf = buffer.indexOf("\r\n\r\n")
-  const lf = buffer.indexOf("\n\n")
-  const ends = [crlf, lf].filter((i) => i >= 0)
-  return ends.length === 0 ? bytes : bytes.subarray(0, Math.min(...ends))
+  // A bare LF LF counts only before the first CRLF CRLF: no need to scan the body after it.
+  const lf = (crlf < 0 ? buffer : buffer.subarray(0, crlf + 2)).indexOf("\n\n")
+  const end = lf >= 0 ? lf : crlf
+  return end < 0 ? bytes : bytes.subarray(0, end)
 }
 
 const encodeAll = (
