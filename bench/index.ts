@@ -3,13 +3,15 @@
  * Without an argument it runs every group; `node .bench-build/bench/index.js core` runs only the sans-IO protocol
  * core (reply parsing, DATA encoding), `... submission` only the submission benchmarks (real servers and sockets),
  * `... memory` only the peak RSS of one 1 GiB message, `... pool` only the SmtpClient pool benchmarks (pool scaling,
- * client CPU with a pool).
+ * client CPU with a pool). `... instructions` (client instructions per message under valgrind's callgrind) runs only
+ * when named.
  */
 import { readFileSync } from "node:fs"
 import * as os from "node:os"
 import * as DataEncoding from "./dataEncoding.js"
 import type { Options } from "./harness.js"
 import { measure, table } from "./harness.js"
+import * as Instructions from "./instructions.js"
 import * as Pool from "./pool.js"
 import * as ReplyParsing from "./replyParsing.js"
 import * as Submission from "./submission.js"
@@ -32,6 +34,8 @@ const cpuModel = (): string => {
 const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`
 
 const GROUPS = ["core", "submission", "memory", "pool"]
+/** Groups that run only when named: they need tools beyond Node.js. */
+const NAMED_ONLY = ["instructions"]
 
 const core = async (): Promise<void> => {
   console.log(
@@ -78,6 +82,11 @@ const submission = async (): Promise<void> => {
   await Submission.run(console.log)
 }
 
+const instructions = async (): Promise<void> => {
+  console.log("\nInstructions: client instructions per message under callgrind, each client in its own process")
+  await Instructions.run(console.log)
+}
+
 const memory = async (): Promise<void> => {
   console.log("\nMemory: one message of 1 GiB per run, client and sink in their own processes; one run per row")
   await Submission.memory(console.log)
@@ -93,8 +102,8 @@ const pool = async (): Promise<void> => {
 
 const main = async (): Promise<void> => {
   const only = process.argv[2]
-  if (only !== undefined && !GROUPS.includes(only)) {
-    throw new Error(`unknown group ${only}: give one of ${GROUPS.join(", ")}, or none for all`)
+  if (only !== undefined && !GROUPS.includes(only) && !NAMED_ONLY.includes(only)) {
+    throw new Error(`unknown group ${only}: give one of ${[...GROUPS, ...NAMED_ONLY].join(", ")}, or none for all`)
   }
   const started = performance.now()
   console.log(`node ${process.version}, ${os.cpus().length} cores, ${cpuModel()}`)
@@ -102,6 +111,7 @@ const main = async (): Promise<void> => {
   if (only === undefined || only === "submission") await submission()
   if (only === undefined || only === "memory") await memory()
   if (only === undefined || only === "pool") await pool()
+  if (only === "instructions") await instructions()
   console.log(`\nTotal ${((performance.now() - started) / 1e3).toFixed(1)} s`)
 }
 
