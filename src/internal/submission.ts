@@ -154,7 +154,14 @@ const encodeAll = (
   binary: boolean,
   allowLongLines: boolean
 ): Either.Either<ReadonlyArray<Uint8Array>, InvalidInputError> => {
-  if (method === "DATA") return Either.map(DataEncoder.encode(bytes, { allowLongLines }), (encoded) => [encoded])
+  if (method === "DATA") {
+    // The body and its end as pieces, never joined: a body that needs no change goes out as given, without a copy.
+    const encoder = DataEncoder.make({ allowLongLines })
+    return Either.flatMap(
+      encoder.push(bytes),
+      (encoded) => Either.map(encoder.end(), (end) => encoded.length === 0 ? [end] : [encoded, end])
+    )
+  }
   // One BDAT LAST for the whole message: its size is known, so chunks would only cost replies.
   const encoder = BdatEncoder.make({ allowLongLines, binary, chunkSize: Number.MAX_SAFE_INTEGER })
   return Either.flatMap(encoder.push(bytes), () => Either.map(encoder.end(), (last) => last.data))
