@@ -14,6 +14,7 @@ import * as Metric from "effect/Metric"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
 import * as SmtpClient from "../src/SmtpClient.js"
+import * as SmtpConnection from "../src/SmtpConnection.js"
 import { InvalidInputError, SmtpPermanentError, SmtpTransientError } from "../src/SmtpError.js"
 import * as SmtpRetry from "../src/SmtpRetry.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
@@ -306,6 +307,45 @@ describe("retries", () => {
         ["now@example.org"],
         ["later@example.org"]
       ])
+    }))
+
+  it.scopedLive("a reader body is opened again for the retry, and both attempts send it whole", () =>
+    Effect.gen(function*() {
+      const seen = new Set<string>()
+      const server = yield* smtpServer({
+        onRcptTo(address, _session, callback) {
+          if (address.address === "later@example.org" && !seen.has("later")) {
+            seen.add("later")
+            return callback(Object.assign(new Error("4.2.1 Try later"), { responseCode: 450 }))
+          }
+          callback()
+        }
+      })
+      const content = Buffer.from(`Subject: a reader\r\n\r\n${"line of the body\r\n".repeat(20_000)}`)
+      let opens = 0
+      const body = SmtpConnection.readerBody({
+        size: content.length,
+        open: Effect.sync(() => {
+          opens++
+          let at = 0
+          return (buffer: Uint8Array) =>
+            Effect.sync(() => {
+              const n = Math.min(buffer.length, content.length - at)
+              buffer.set(content.subarray(at, at + n))
+              at += n
+              return n
+            })
+        })
+      })
+      const result = yield* withClient(
+        server.port,
+        {},
+        (client) => client.send({ from: "a@example.org", to: ["now@example.org", "later@example.org"] }, body)
+      )
+      expect(result.attempts).toBe(2)
+      expect(opens).toBe(2)
+      expect(server.received.map((m) => m.to)).toEqual([["now@example.org"], ["later@example.org"]])
+      expect(server.received.map((m) => m.bytes.equals(content))).toEqual([true, true])
     }))
 
   it.scopedLive("a permanent refusal is never retried", () =>
