@@ -14,10 +14,10 @@ import * as Metric from "effect/Metric"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
 import * as SmtpClient from "../src/SmtpClient.js"
-import * as SmtpConnection from "../src/SmtpConnection.js"
 import { InvalidInputError, SmtpPermanentError, SmtpTransientError } from "../src/SmtpError.js"
 import * as SmtpRetry from "../src/SmtpRetry.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
+import { readerOver } from "./support/readerBody.js"
 import type { ScriptedSession } from "./support/scriptedServer.js"
 import { answerEhlo, greet, scriptedServer, serveTransaction, verbOf } from "./support/scriptedServer.js"
 import { smtpServer } from "./support/smtpServer.js"
@@ -323,20 +323,7 @@ describe("retries", () => {
       })
       const content = Buffer.from(`Subject: a reader\r\n\r\n${"line of the body\r\n".repeat(20_000)}`)
       let opens = 0
-      const body = SmtpConnection.readerBody({
-        size: content.length,
-        open: Effect.sync(() => {
-          opens++
-          let at = 0
-          return (buffer: Uint8Array) =>
-            Effect.sync(() => {
-              const n = Math.min(buffer.length, content.length - at)
-              buffer.set(content.subarray(at, at + n))
-              at += n
-              return n
-            })
-        })
-      })
+      const body = readerOver(content, { size: content.length, onOpen: () => opens++ })
       const result = yield* withClient(
         server.port,
         {},

@@ -18,6 +18,7 @@ import * as SmtpConnection from "../src/SmtpConnection.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
 import { latin1 } from "./support/bytes.js"
 import { random } from "./support/random.js"
+import { readerOver } from "./support/readerBody.js"
 import type { ScriptedSession, ServedMessage } from "./support/scriptedServer.js"
 import { answerEhlo, ClientClosedError, greet, scriptedServer, serveTransaction } from "./support/scriptedServer.js"
 import { smtpServer } from "./support/smtpServer.js"
@@ -739,22 +740,6 @@ describe("streamed bodies through the connection's block", () => {
     Either.getOrThrow(encoder.push(bytes))
     return latin1(Buffer.concat(Either.getOrThrow(encoder.end()).data))
   }
-  /** A reader body over `bytes` that hands out reads of odd sizes, never more than it is asked. */
-  const oddReader = (bytes: Buffer, sizes: ReadonlyArray<number>) =>
-    SmtpConnection.readerBody({
-      open: Effect.sync(() => {
-        let at = 0
-        let i = 0
-        return (buffer: Uint8Array) =>
-          Effect.sync(() => {
-            const n = Math.min(sizes[i++ % sizes.length]!, buffer.length, bytes.length - at)
-            buffer.set(bytes.subarray(at, at + n))
-            at += n
-            return n
-          })
-      })
-    })
-
   for (const method of ["DATA", "BDAT"] as const) {
     it.scopedLive(
       `${method}: Streams and readers of any chunking, several messages in a row, arrive exact`,
@@ -772,9 +757,12 @@ describe("streamed bodies through the connection's block", () => {
               },
               {
                 envelope: { from: "a@example.org", to: ["c@example.org"] },
-                body: oddReader(bodies[1]!, [1, 999, 70_000])
+                body: readerOver(bodies[1]!, { sizes: [1, 999, 70_000] })
               },
-              { envelope: { from: "a@example.org", to: ["d@example.org"] }, body: oddReader(bodies[2]!, [262_144, 5]) }
+              {
+                envelope: { from: "a@example.org", to: ["d@example.org"] },
+                body: readerOver(bodies[2]!, { sizes: [262_144, 5] })
+              }
             ]))
           }))
           expect(Chunk.toReadonlyArray(results).map((r) => Either.isRight(r) && r.right.method)).toEqual([
