@@ -598,12 +598,11 @@ export const run = <E, R, R2>(
      * room, `full` sends what it holds, so that a flush frees it. The session's own failures come wrapped.
      */
     const streamIntoBlock = <E2>(
-      plan: Plan<E, R>,
+      { body, sevenBitOnly }: Extract<PreparedBody<E, R>, { _tag: "Streamed" }>,
       lines: LineCanonicalizer | undefined,
       full: Effect.Effect<void, SessionFailure | E2>,
       chunkDone: Effect.Effect<void, SessionFailure | E2>
     ) => {
-      const { body, sevenBitOnly } = plan.body as Extract<PreparedBody<E, R>, { _tag: "Streamed" }>
       block ??= session.bodyBlock()
       let octets = 0
       const piece = (chunk: Uint8Array, from: number): Effect.Effect<void, StreamFailure<E2>> => {
@@ -644,7 +643,7 @@ export const run = <E, R, R2>(
         }
         const lines = new LineCanonicalizer({ dotStuff: true, allowLongLines: plan.allowLongLines })
         const queued = asSessionFailure(queueBlock)
-        const octets = yield* streamIntoBlock(plan, lines, queued, queued)
+        const octets = yield* streamIntoBlock(plan.body, lines, queued, queued)
         const close = lines.end()
         if (!(close instanceof Uint8Array)) return yield* Effect.fail(close)
         yield* asSessionFailure(queue(close))
@@ -742,7 +741,7 @@ export const run = <E, R, R2>(
         const full = asSessionFailure(cut(false))
         const chunkDone = Effect.suspend(() => blockEnd - blockStart >= STREAMED_CHUNK_SIZE ? full : Effect.void)
         const sent = yield* Effect.either(
-          Effect.flatMap(streamIntoBlock(plan, lines, full, chunkDone), () => {
+          Effect.flatMap(streamIntoBlock(plan.body, lines, full, chunkDone), () => {
             const close = lines?.end()
             return close instanceof InvalidInputError ? Effect.fail(close) : Effect.succeed(close)
           })
