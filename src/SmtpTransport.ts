@@ -91,7 +91,8 @@ export interface SmtpSocket {
   ) => Effect.Effect<Uint8Array, NetworkError | TimeoutError>
   /**
    * Writes the chunks as one segment where possible and waits until the system took them (backpressure), or fails
-   * with `onTimeout()` after `timeoutMillis`.
+   * with `onTimeout()` after `timeoutMillis`. When the system takes them at once there is nothing to wait for; a
+   * failure of the socket after that reaches the next read. Once it succeeds, the caller may reuse the chunks.
    */
   readonly write: (
     chunks: ReadonlyArray<Uint8Array>,

@@ -193,27 +193,26 @@ const write = (
     }
     const last = chunks.length - 1
     if (last < 0) return resume(Effect.void)
-    let done = false
+    // Set only while this effect waits for the write's callback; Node never calls it during `write`.
+    let pending: ((error: Error | null | undefined) => void) | undefined
+    socket.cork()
+    for (let i = 0; i < last; i++) socket.write(chunks[i]!)
+    socket.write(chunks[last]!, (error) => pending?.(error))
+    socket.uncork()
+    // Everything went to the kernel at once (the usual case for commands): the chunks are free again and there is
+    // nothing to wait for. A later failure of the socket reaches the next read.
+    if (socket.writableLength === 0) return resume(Effect.void)
     const timer = setTimeout(() => {
-      done = true
+      pending = undefined
       resume(Effect.fail(onTimeout()))
     }, timeoutMillis)
-    socket.cork()
-    chunks.forEach((chunk, i) => {
-      if (i === last) {
-        socket.write(chunk, (error) => {
-          clearTimeout(timer)
-          if (done) return
-          done = true
-          resume(error ? Effect.fail(networkError("write", error)) : Effect.void)
-        })
-      } else {
-        socket.write(chunk)
-      }
-    })
-    socket.uncork()
+    pending = (error) => {
+      pending = undefined
+      clearTimeout(timer)
+      resume(error ? Effect.fail(networkError("write", error)) : Effect.void)
+    }
     return Effect.sync(() => {
-      done = true
+      pending = undefined
       clearTimeout(timer)
     })
   })
