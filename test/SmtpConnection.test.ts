@@ -188,6 +188,36 @@ describe("SmtpConnection against smtp-server", () => {
       expect(live.at(-1)).toMatch(/^server: 221/)
     }))
 
+  it.scopedLive("a transcript subscriber gets every line live, a late one the last lines first; both end with QUIT", () =>
+    Effect.gen(function*() {
+      const server = yield* smtpServer()
+      const format = (lines: Chunk.Chunk<SmtpConnection.TranscriptEntry>) =>
+        Chunk.toReadonlyArray(lines).map((e) => `${e.direction}: ${e.line.slice(0, 9)}`)
+      const [early, late] = yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({ host: "127.0.0.1", port: server.port, clientName: "client.example.org" })
+        const early = yield* Effect.fork(Stream.runCollect(c.transcript))
+        yield* Effect.yieldNow()
+        yield* c.noop()
+        const late = yield* Effect.fork(Stream.runCollect(c.transcript))
+        yield* Effect.yieldNow()
+        yield* c.rset
+        return [early, late] as const
+      }))
+      // The scope is closed: both streams have ended, after QUIT and its reply.
+      const earlyLines = format(yield* Fiber.join(early))
+      const lateLines = format(yield* Fiber.join(late))
+      expect(earlyLines).toHaveLength(lateLines.length)
+      expect(earlyLines).toEqual(lateLines)
+      expect(earlyLines.filter((l) => l.startsWith("client"))).toEqual([
+        "client: EHLO clie",
+        "client: NOOP",
+        "client: RSET",
+        "client: QUIT"
+      ])
+      expect(earlyLines[0]).toMatch(/^server: 220 /)
+      expect(earlyLines.at(-1)).toMatch(/^server: 221 /)
+    }))
+
   it.scopedLive("logs a warning when a command is slower than the threshold", () =>
     Effect.gen(function*() {
       const server = yield* smtpServer()

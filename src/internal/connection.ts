@@ -7,12 +7,10 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
-import * as PubSub from "effect/PubSub"
 import * as Queue from "effect/Queue"
 import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import * as Take from "effect/Take"
 import * as os from "node:os"
 import * as Capabilities from "../Capabilities.js"
 import * as DataEncoder from "../DataEncoder.js"
@@ -33,8 +31,13 @@ import * as SmtpReply from "../SmtpReply.js"
 import { SmtpTransport } from "../SmtpTransport.js"
 import type { SmtpSocket, TlsDetails, TlsOptions } from "../SmtpTransport.js"
 import * as Body from "./body.js"
+import * as QueueStream from "./queueStream.js"
 import * as Sasl from "./sasl.js"
 import * as Submission from "./submission.js"
+import * as Transcript from "./transcript.js"
+
+/** Results of `sendAll` that may wait for their reader before the batch waits too. */
+const RESULTS_AHEAD = 64
 
 type Timeouts = SmtpConnection.Timeouts
 type Phase = keyof Timeouts
@@ -136,23 +139,29 @@ export const make = (
     const tlsOptions: TlsOptions = options.tlsOptions ?? {}
     const spanAttributes = { "server.address": options.host, "server.port": port }
 
-    const transcriptHub = yield* PubSub.unbounded<SmtpConnection.TranscriptEntry>({ replay: 1000 })
-    yield* Effect.addFinalizer(() => PubSub.shutdown(transcriptHub))
+    const transcript = Transcript.make(1000)
+    yield* Effect.addFinalizer(() => transcript.close)
     const onTranscript = options.onTranscript
-    // Transcript lines are noted as they happen and published together before the next wait on the socket: the
-    // stream and `onTranscript` get every line in order, for the price of one publication per write or reply.
+    // A line reaches the transcript's subscribers as it is noted. `onTranscript` is an effect: the lines it has not
+    // had yet are run through it before the next wait on the socket, so it gets every line in order and before the
+    // stream does.
     let noted: Array<SmtpConnection.TranscriptEntry> = []
     const note = (direction: "client" | "server", line: string): void => {
-      noted.push({ direction, line, at: Date.now() })
+      const entry = { direction, line, at: Date.now() }
+      if (onTranscript === undefined) transcript.add(entry)
+      else noted.push(entry)
     }
-    const publishTranscript: Effect.Effect<void> = Effect.suspend(() => {
+    const publishTranscript: Effect.Effect<void> = onTranscript === undefined ? Effect.void : Effect.suspend(() => {
       if (noted.length === 0) return Effect.void
       const entries = noted
       noted = []
-      const published = PubSub.publishAll(transcriptHub, entries)
-      return onTranscript === undefined
-        ? published
-        : Effect.zipRight(Effect.forEach(entries, onTranscript, { discard: true }), published)
+      return Effect.forEach(
+        entries,
+        (entry) => Effect.zipRight(onTranscript(entry), Effect.sync(() => transcript.add(entry))),
+        {
+          discard: true
+        }
+      )
     })
     const record = (direction: "client" | "server", line: string) =>
       Effect.suspend(() => {
@@ -231,28 +240,37 @@ export const make = (
         })
       })
 
-    const readReply = (phase: Phase, verb: string | undefined, mayHaveBeenDelivered = false) =>
-      Effect.suspend(() =>
-        nextReply(verb, Date.now() + timeoutMillis[phase], timeoutError(phase, mayHaveBeenDelivered))
-      ).pipe(
-        Effect.tap((reply) => {
-          for (const line of SmtpReply.formatLines(reply)) note("server", line)
-          return Effect.zipRight(publishTranscript, Effect.annotateCurrentSpan("smtp.reply.code", reply.code))
-        })
-      )
+    /** A reply into the transcript, and for a command of its own (`onSpan`), its code onto the command's span. */
+    const replied = (reply: SmtpReply.SmtpReply, onSpan: boolean): Effect.Effect<SmtpReply.SmtpReply> => {
+      for (const line of SmtpReply.formatLines(reply)) note("server", line)
+      const published = onSpan
+        ? Effect.zipRight(publishTranscript, Effect.annotateCurrentSpan("smtp.reply.code", reply.code))
+        : publishTranscript
+      return published === Effect.void ? Effect.succeed(reply) : Effect.as(published, reply)
+    }
+
+    /**
+     * The next reply, from what was already read when it holds one. The submission engine passes `onSpan` false: its
+     * span is a whole message's (or batch's), and is annotated with the message's outcome instead.
+     */
+    const readReply = (phase: Phase, verb: string | undefined, mayHaveBeenDelivered = false, onSpan = true) =>
+      Effect.suspend(() => {
+        const ready = parsed.shift()
+        if (ready !== undefined) return replied(ready, onSpan)
+        return Effect.flatMap(
+          nextReply(verb, Date.now() + timeoutMillis[phase], timeoutError(phase, mayHaveBeenDelivered)),
+          (reply) => replied(reply, onSpan)
+        )
+      })
 
     const writeBytes = (chunks: ReadonlyArray<Uint8Array>, phase: Phase) =>
       Effect.suspend(() => {
         const started = Date.now()
-        return Effect.zipRight(
-          publishTranscript,
-          socket.write(chunks, timeoutMillis[phase], timeoutError(phase, false))
-        ).pipe(
-          Effect.tap(() => {
-            usage.sendingMillis += Date.now() - started
-            for (const chunk of chunks) usage.bytesSent += chunk.length
-          })
-        )
+        const written = Effect.map(socket.write(chunks, timeoutMillis[phase], timeoutError(phase, false)), () => {
+          usage.sendingMillis += Date.now() - started
+          for (const chunk of chunks) usage.bytesSent += chunk.length
+        })
+        return publishTranscript === Effect.void ? written : Effect.zipRight(publishTranscript, written)
       })
 
     /** True in a fiber that holds `lock`, so that a transaction can run its commands inside one use. */
@@ -570,7 +588,7 @@ export const make = (
       secure: Effect.map(socket.tls, (tls) => tls !== undefined),
       lmtp,
       write: (chunks) => writeBytes(chunks, "dataBlock"),
-      readReply: (phase, verb, mayHaveBeenDelivered) => readReply(phase, verb, mayHaveBeenDelivered),
+      readReply: (phase, verb, mayHaveBeenDelivered) => readReply(phase, verb, mayHaveBeenDelivered, false),
       note: (line) => note("client", line),
       check,
       breakConnection,
@@ -628,14 +646,14 @@ export const make = (
     ): Stream.Stream<Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>, never, R | R2> =>
       Stream.unwrapScoped(Effect.gen(function*() {
         const results = yield* Queue.bounded<
-          Take.Take<Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>>
-        >(64)
-        yield* runBatch(submissions, batchOptions ?? {}, (result) => Queue.offer(results, Take.of(result))).pipe(
-          Effect.zipRight(Queue.offer(results, Take.end)),
+          Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E> | typeof QueueStream.END
+        >(RESULTS_AHEAD)
+        yield* runBatch(submissions, batchOptions ?? {}, (result) => Queue.offer(results, result)).pipe(
+          Effect.zipRight(Queue.offer(results, QueueStream.END)),
           Effect.withSpan("smtp.sendAll", { kind: "client", attributes: spanAttributes }),
           Effect.forkScoped
         )
-        return Stream.flattenTake(Stream.fromQueue(results))
+        return QueueStream.untilEnd(results, RESULTS_AHEAD)
       }))
 
     // Release: QUIT, bounded by its short timeout, unless the session is already closed; the socket's own finalizer
@@ -672,7 +690,7 @@ export const make = (
           endpoints: socket.endpoints,
           closed: broken !== undefined
         }))),
-      transcript: Stream.fromPubSub(transcriptHub),
+      transcript: transcript.stream,
       usage: Effect.sync(() => ({ ...usage })),
       resetUsage: Effect.sync(() => {
         usage.bytesSent = 0
