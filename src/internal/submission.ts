@@ -74,6 +74,7 @@ const FLUSH_AT = 64 * 1024
 /** BDAT chunk replies of one message left unread before the engine waits for one. */
 const BDAT_REPLIES_AHEAD = 8
 const END_OF_DATA = new TextEncoder().encode(".\r\n")
+const DATA_COMMAND = SmtpCommand.encode(SmtpCommand.data).pipe(Either.getOrThrow)
 /** No bytes: the default of what follows a command, shared so that a command allocates no array for it. */
 const NOTHING: ReadonlyArray<Uint8Array> = []
 /**
@@ -380,6 +381,8 @@ export const run = <E, R, R2>(
 ): Effect.Effect<void, never, R | R2> =>
   Effect.gen(function*() {
     const window = Math.max(1, options.window ?? 16)
+    // A batch holds the session: its TLS state cannot change before the batch ends.
+    const secure = yield* session.secure
     let out: Array<Uint8Array> = []
     let outBytes = 0
     let flushes = 0
@@ -411,24 +414,33 @@ export const run = <E, R, R2>(
         reclaimBlock()
       })
     })
-    /** Adds to the output buffer, all at once: no flush comes between `bytes` and `more`. */
-    const queue = (bytes: Uint8Array, more: ReadonlyArray<Uint8Array> = NOTHING) =>
-      Effect.suspend(() => {
-        out.push(bytes)
-        outBytes += bytes.length
-        for (const piece of more) {
-          out.push(piece)
-          outBytes += piece.length
-        }
-        return outBytes >= FLUSH_AT ? flush : Effect.void
-      })
-    /** A command and what follows it without a reply of its own (a BDAT chunk's data). */
+    /**
+     * Adds to the output buffer, all at once: no flush comes between `bytes` and `more`. True when the buffer holds
+     * enough to be flushed before a reply is awaited (what keeps a long body moving).
+     */
+    const enqueue = (bytes: Uint8Array, more: ReadonlyArray<Uint8Array> = NOTHING): boolean => {
+      out.push(bytes)
+      outBytes += bytes.length
+      for (const piece of more) {
+        out.push(piece)
+        outBytes += piece.length
+      }
+      return outBytes >= FLUSH_AT
+    }
+    /** As `enqueue`, for a command whose reply is `entry`, and what follows it without a reply of its own. */
+    const enqueueCommand = (
+      bytes: Uint8Array,
+      line: string,
+      entry: ReplyDue,
+      data: ReadonlyArray<Uint8Array> = NOTHING
+    ): boolean => {
+      session.note(line)
+      due.push(entry)
+      return enqueue(bytes, data)
+    }
+    const queue = (bytes: Uint8Array) => Effect.suspend(() => enqueue(bytes) ? flush : Effect.void)
     const command = (bytes: Uint8Array, line: string, entry: ReplyDue, data: ReadonlyArray<Uint8Array> = NOTHING) =>
-      Effect.suspend(() => {
-        session.note(line)
-        due.push(entry)
-        return queue(bytes, data)
-      })
+      Effect.suspend(() => enqueueCommand(bytes, line, entry, data) ? flush : Effect.void)
 
     const finish = (
       transaction: Transaction,
@@ -455,8 +467,7 @@ export const run = <E, R, R2>(
     const fail = (transaction: Transaction, error: SmtpConnection.SendError | E) =>
       finish(transaction, Either.left(error))
 
-    /** Reads the oldest reply still due and hands it on. */
-    const readOne: Effect.Effect<void, Fatal> = Effect.flatMap(flush, () => {
+    const readDue: Effect.Effect<void, Fatal> = Effect.suspend(() => {
       const entry = due.shift()
       if (entry === undefined) return Effect.void
       if (entry._tag === "Turn") return entry.run
@@ -464,6 +475,12 @@ export const run = <E, R, R2>(
         entry.transaction?.flushes.add(flushes)
         return entry.handle(reply)
       })
+    })
+    /** Reads the oldest reply still due and hands it on, once everything queued is written. */
+    const readOne: Effect.Effect<void, Fatal> = Effect.suspend(() => {
+      if (out.length > 0) return Effect.zipRight(flush, readDue)
+      reclaimBlock()
+      return readDue
     })
     const readAll = Effect.whileLoop({ while: () => due.length > 0, body: () => readOne, step: () => {} })
     /** Reads until `transaction` has had every reply queued so far. */
@@ -529,19 +546,20 @@ export const run = <E, R, R2>(
      * The replies to the end of data: one, or with LMTP one per accepted recipient (RFC 2033 §4.2). Each recipient's
      * delivery reply is filed; the message succeeds when one recipient got it.
      */
-    const endOfData = (transaction: Transaction, verb: string, first: SmtpReply.SmtpReply) =>
+    const endOfData = (transaction: Transaction, verb: string, first: SmtpReply.SmtpReply) => {
+      if (session.lmtp && transaction.accepted.length > 0) return lmtpEndOfData(transaction, verb, first)
+      if (SmtpReply.isPositiveCompletion(first)) return succeed(transaction, first)
+      return Effect.flatMap(refusal(first, verb), (error) =>
+        fail(
+          transaction,
+          transaction.mailError ?? transaction.chunkError ??
+            (transaction.accepted.length === 0 && transaction.rejected.length > 0
+              ? refusedByAll(transaction.rejected)
+              : error)
+        ))
+    }
+    const lmtpEndOfData = (transaction: Transaction, verb: string, first: SmtpReply.SmtpReply) =>
       Effect.gen(function*() {
-        if (!session.lmtp || transaction.accepted.length === 0) {
-          if (SmtpReply.isPositiveCompletion(first)) return yield* succeed(transaction, first)
-          const error = yield* refusal(first, verb)
-          return yield* fail(
-            transaction,
-            transaction.mailError ?? transaction.chunkError ??
-              (transaction.accepted.length === 0 && transaction.rejected.length > 0
-                ? refusedByAll(transaction.rejected)
-                : error)
-          )
-        }
         const replies = [first]
         while (replies.length < transaction.accepted.length) {
           replies.push(yield* session.readReply("dataEnd", verb, true))
@@ -635,33 +653,40 @@ export const run = <E, R, R2>(
     }
 
     /** The body into the output buffer, dot-stuffed, then the end of data. */
-    const dataBody = (plan: Plan<E, R>) =>
-      Effect.gen(function*() {
-        if (plan.body._tag === "Encoded") {
-          for (const chunk of plan.body.chunks) yield* asSessionFailure(queue(chunk))
-          return plan.body.octets
-        }
+    const dataBody = (plan: Plan<E, R>) => {
+      const body = plan.body
+      if (body._tag === "Encoded") {
+        return Effect.suspend(() => {
+          let full = false
+          for (const chunk of body.chunks) full = enqueue(chunk) || full
+          return full ? Effect.as(asSessionFailure(flush), body.octets) : Effect.succeed(body.octets)
+        })
+      }
+      return Effect.gen(function*() {
         const lines = new LineCanonicalizer({ dotStuff: true, allowLongLines: plan.allowLongLines })
         const queued = asSessionFailure(queueBlock)
-        const octets = yield* streamIntoBlock(plan.body, lines, queued, queued)
+        const octets = yield* streamIntoBlock(body, lines, queued, queued)
         const close = lines.end()
         if (!(close instanceof Uint8Array)) return yield* Effect.fail(close)
-        yield* asSessionFailure(queue(close))
-        yield* asSessionFailure(queue(END_OF_DATA))
+        if (enqueue(close, [END_OF_DATA])) yield* asSessionFailure(flush)
         return octets
       })
+    }
 
     const sendData = (transaction: Transaction, plan: Plan<E, R>) =>
       Effect.gen(function*() {
-        const data = SmtpCommand.encode(SmtpCommand.data).pipe(Either.getOrThrow)
-        yield* command(data, "DATA", {
+        const dataStart: ReplyDue = {
           _tag: "Reply",
           verb: "DATA",
           phase: "dataStart",
           mayHaveBeenDelivered: false,
           transaction,
-          handle: (reply) => Effect.sync(() => void (transaction.dataReply = reply))
-        })
+          handle: (reply) => {
+            transaction.dataReply = reply
+            return Effect.void
+          }
+        }
+        if (enqueueCommand(DATA_COMMAND, "DATA", dataStart)) yield* flush
         yield* readFor(transaction)
         const refused = refusedEnvelope(transaction, false)
         const go = transaction.dataReply!
@@ -768,13 +793,7 @@ export const run = <E, R, R2>(
     const runOne = (submission: SmtpConnection.Submission<E, R>) =>
       Effect.gen(function*() {
         const merged = { ...options, ...submission.options }
-        const planned = plan(
-          submission.envelope,
-          submission.body,
-          merged,
-          session.capabilities(),
-          yield* session.secure
-        )
+        const planned = plan(submission.envelope, submission.body, merged, session.capabilities(), secure)
         if (Either.isLeft(planned)) {
           // Nothing of it was sent; its result still comes out in order.
           if (open.length === 0) return yield* emit(Either.left(planned.left))
@@ -791,10 +810,10 @@ export const run = <E, R, R2>(
           resetPending = false
           yield* queueReset
         }
-        yield* command(p.mail, p.mailLine, mailDue(transaction))
+        if (enqueueCommand(p.mail, p.mailLine, mailDue(transaction))) yield* flush
         if (!p.pipelining) yield* readFor(transaction)
         for (const r of p.recipients) {
-          yield* command(r.bytes, r.line, rcptDue(transaction, r.recipient))
+          if (enqueueCommand(r.bytes, r.line, rcptDue(transaction, r.recipient))) yield* flush
           if (!p.pipelining) yield* readFor(transaction)
         }
         if (p.allOrNothing || !p.pipelining) {
