@@ -180,148 +180,160 @@ export const plan = <E, R>(
   options: SmtpConnection.SendOptions,
   capabilities: Capabilities.Capabilities,
   secure: boolean
-): Either.Either<Plan<E, R>, InvalidInputError | SmtpCapabilityError> =>
-  Either.gen(function*() {
-    const mailParameters = envelope.mailParameters ?? {}
-    const recipients = envelope.to.map((entry) =>
-      typeof entry === "string"
-        ? { address: entry, parameters: envelope.rcptParameters }
-        : { address: entry.address, parameters: entry.parameters ?? envelope.rcptParameters }
+): Either.Either<Plan<E, R>, InvalidInputError | SmtpCapabilityError> => {
+  // Plain code with early returns rather than `Either.gen`: this runs once per message.
+  const mailParameters = envelope.mailParameters ?? {}
+  const recipients = envelope.to.map((entry) =>
+    typeof entry === "string"
+      ? { address: entry, parameters: envelope.rcptParameters }
+      : { address: entry.address, parameters: entry.parameters ?? envelope.rcptParameters }
+  )
+  if (recipients.length === 0) {
+    return Either.left(new InvalidInputError({ field: "recipients", reason: "there is no recipient" }))
+  }
+  let sender: Address = { given: envelope.from, mailbox: undefined }
+  if (envelope.from !== "" && envelope.from !== "<>") {
+    const mailbox = Mailbox.parse(envelope.from, "MAIL FROM address")
+    if (Either.isLeft(mailbox)) return Either.left(mailbox.left)
+    sender = { given: envelope.from, mailbox: mailbox.right }
+  }
+  const rcptAddresses: Array<Address> = []
+  for (const r of recipients) {
+    const mailbox = Mailbox.parse(r.address, "RCPT TO address")
+    if (Either.isLeft(mailbox)) return Either.left(mailbox.left)
+    rcptAddresses.push({ given: r.address, mailbox: mailbox.right })
+  }
+
+  // The content: size, 8-bit octets, and 8-bit headers, known when the body is in memory.
+  const inMemory = Body.inMemory(body)
+  const eightBit = inMemory !== undefined && !isAscii(inMemory)
+  const eightBitHeaders = eightBit && inMemory !== undefined && !isAscii(headerSection(inMemory))
+
+  // SMTPUTF8 (RFC 6531): needed by a non-ASCII local part, or by UTF-8 in the headers. Without it, IDN domains go as
+  // A-labels.
+  const needsUtf8 = mailParameters.smtpUtf8 === true || eightBitHeaders ||
+    [sender, ...rcptAddresses].some((a) => a.mailbox !== undefined && Mailbox.requiresSmtpUtf8(a.mailbox))
+  if (needsUtf8 && !Capabilities.smtpUtf8(capabilities)) {
+    return capabilityError(
+      "SMTPUTF8",
+      eightBitHeaders && mailParameters.smtpUtf8 !== true
+        ? "the message has UTF-8 in its headers and the server does not offer SMTPUTF8"
+        : "an address has a non-ASCII local part and the server does not offer SMTPUTF8"
     )
-    if (recipients.length === 0) {
-      return yield* Either.left(new InvalidInputError({ field: "recipients", reason: "there is no recipient" }))
+  }
+  const wire = (address: Address, field: string): Either.Either<string, InvalidInputError> =>
+    address.mailbox === undefined
+      ? Either.right("")
+      : needsUtf8
+      ? Either.right(Mailbox.format(address.mailbox))
+      : Either.map(Mailbox.toAscii(address.mailbox, field), Mailbox.format)
+
+  // BODY (RFC 6152, RFC 3030): as declared; else BINARYMIME for a body that only it can carry (NUL octets, or lines
+  // over 998 octets) when the server offers it, else 8BITMIME when the content is 8-bit, or unknown and offered.
+  const allowLongLines = options.allowLongLines ?? false
+  const binaryOffered = Capabilities.binaryMime(capabilities) && Capabilities.chunking(capabilities)
+  let declared = mailParameters.body ?? options.bodyType
+  const hasNul = inMemory !== undefined &&
+    Buffer.from(inMemory.buffer, inMemory.byteOffset, inMemory.byteLength).indexOf(0) >= 0
+  /** The body as text for BDAT, when it was encoded to find out whether it needs BINARYMIME. */
+  let asText: ReadonlyArray<Uint8Array> | undefined
+  if (declared === undefined && inMemory !== undefined && binaryOffered && options.chunking !== false) {
+    const text = hasNul ? undefined : encodeAll(inMemory, "BDAT", false, allowLongLines)
+    if (text === undefined || Either.isLeft(text)) declared = "BINARYMIME"
+    else asText = text.right
+  }
+  const binary = declared === "BINARYMIME"
+  if (binary && !binaryOffered) {
+    return capabilityError(
+      "BINARYMIME",
+      "the body is binary and the server does not offer BINARYMIME with CHUNKING"
+    )
+  }
+  if (declared === undefined && hasNul) {
+    return capabilityError(
+      "BINARYMIME",
+      "the body has NUL octets, which only BINARYMIME can carry, and the server does not offer it with CHUNKING"
+    )
+  }
+  if (declared === "8BITMIME" && !Capabilities.eightBitMime(capabilities)) {
+    return capabilityError("8BITMIME", "the body is declared 8-bit and the server does not offer 8BITMIME")
+  }
+  if (declared === undefined && eightBit && !Capabilities.eightBitMime(capabilities)) {
+    return capabilityError("8BITMIME", "the body has 8-bit octets and the server does not offer 8BITMIME")
+  }
+  const bodyType: SmtpCommand.BodyType | undefined = declared ??
+    (eightBit || (inMemory === undefined && Capabilities.eightBitMime(capabilities)) ? "8BITMIME" : undefined)
+
+  // DSN (RFC 3461) and REQUIRETLS (RFC 8689) are promises the server must be able to keep.
+  const usesDsn = mailParameters.ret !== undefined || mailParameters.envelopeId !== undefined ||
+    recipients.some((r) => r.parameters?.notify !== undefined || r.parameters?.originalRecipient !== undefined)
+  if (usesDsn && !Capabilities.dsn(capabilities)) {
+    return capabilityError("DSN", "DSN parameters (RET, ENVID, NOTIFY, ORCPT) need the server's DSN extension")
+  }
+  if (mailParameters.requireTls === true) {
+    if (!secure) return capabilityError("REQUIRETLS", "REQUIRETLS needs a TLS connection")
+    if (!Capabilities.requireTls(capabilities)) {
+      return capabilityError("REQUIRETLS", "the server does not offer REQUIRETLS")
     }
-    const sender: Address = envelope.from === "" || envelope.from === "<>"
-      ? { given: envelope.from, mailbox: undefined }
-      : { given: envelope.from, mailbox: yield* Mailbox.parse(envelope.from, "MAIL FROM address") }
-    const rcptAddresses: Array<Address> = []
-    for (const r of recipients) {
-      rcptAddresses.push({ given: r.address, mailbox: yield* Mailbox.parse(r.address, "RCPT TO address") })
+  }
+
+  const method = binary || (options.chunking !== false && Capabilities.chunking(capabilities)) ? "BDAT" : "DATA"
+  let chunks = asText
+  if (inMemory !== undefined && chunks === undefined) {
+    const encoded = encodeAll(inMemory, method, binary, allowLongLines)
+    if (Either.isLeft(encoded)) return Either.left(encoded.left)
+    chunks = encoded.right
+  }
+  const prepared: PreparedBody<E, R> = inMemory !== undefined
+    ? { _tag: "Encoded", chunks: chunks!, octets: inMemory.length }
+    : {
+      _tag: "Streamed",
+      body,
+      sevenBitOnly: bodyType === undefined
     }
 
-    // The content: size, 8-bit octets, and 8-bit headers, known when the body is in memory.
-    const inMemory = Body.inMemory(body)
-    const eightBit = inMemory !== undefined && !isAscii(inMemory)
-    const eightBitHeaders = eightBit && inMemory !== undefined && !isAscii(headerSection(inMemory))
+  // SIZE (RFC 1870): declared when known, and checked against the limit before anything is sent.
+  const size = mailParameters.size ?? options.size ??
+    (prepared._tag === "Encoded"
+      ? prepared.chunks.reduce((n, c) => n + c.length, 0)
+      : Body.isReaderBody(body)
+      ? body.size
+      : undefined)
+  const limit = Capabilities.sizeLimit(capabilities)
+  if (size !== undefined && Option.isSome(limit) && limit.value > 0 && size > limit.value) {
+    return capabilityError("SIZE", `the message is ${size} octets and the server takes at most ${limit.value}`)
+  }
 
-    // SMTPUTF8 (RFC 6531): needed by a non-ASCII local part, or by UTF-8 in the headers. Without it, IDN domains go as
-    // A-labels.
-    const needsUtf8 = mailParameters.smtpUtf8 === true || eightBitHeaders ||
-      [sender, ...rcptAddresses].some((a) => a.mailbox !== undefined && Mailbox.requiresSmtpUtf8(a.mailbox))
-    if (needsUtf8 && !Capabilities.smtpUtf8(capabilities)) {
-      return yield* capabilityError(
-        "SMTPUTF8",
-        eightBitHeaders && mailParameters.smtpUtf8 !== true
-          ? "the message has UTF-8 in its headers and the server does not offer SMTPUTF8"
-          : "an address has a non-ASCII local part and the server does not offer SMTPUTF8"
-      )
-    }
-    const wire = (address: Address, field: string): Either.Either<string, InvalidInputError> =>
-      address.mailbox === undefined
-        ? Either.right("")
-        : needsUtf8
-        ? Either.right(Mailbox.format(address.mailbox))
-        : Either.map(Mailbox.toAscii(address.mailbox, field), Mailbox.format)
-
-    // BODY (RFC 6152, RFC 3030): as declared; else BINARYMIME for a body that only it can carry (NUL octets, or lines
-    // over 998 octets) when the server offers it, else 8BITMIME when the content is 8-bit, or unknown and offered.
-    const allowLongLines = options.allowLongLines ?? false
-    const binaryOffered = Capabilities.binaryMime(capabilities) && Capabilities.chunking(capabilities)
-    let declared = mailParameters.body ?? options.bodyType
-    const hasNul = inMemory !== undefined &&
-      Buffer.from(inMemory.buffer, inMemory.byteOffset, inMemory.byteLength).indexOf(0) >= 0
-    /** The body as text for BDAT, when it was encoded to find out whether it needs BINARYMIME. */
-    let asText: ReadonlyArray<Uint8Array> | undefined
-    if (declared === undefined && inMemory !== undefined && binaryOffered && options.chunking !== false) {
-      const text = hasNul ? undefined : encodeAll(inMemory, "BDAT", false, allowLongLines)
-      if (text === undefined || Either.isLeft(text)) declared = "BINARYMIME"
-      else asText = text.right
-    }
-    const binary = declared === "BINARYMIME"
-    if (binary && !binaryOffered) {
-      return yield* capabilityError(
-        "BINARYMIME",
-        "the body is binary and the server does not offer BINARYMIME with CHUNKING"
-      )
-    }
-    if (declared === undefined && hasNul) {
-      return yield* capabilityError(
-        "BINARYMIME",
-        "the body has NUL octets, which only BINARYMIME can carry, and the server does not offer it with CHUNKING"
-      )
-    }
-    if (declared === "8BITMIME" && !Capabilities.eightBitMime(capabilities)) {
-      return yield* capabilityError("8BITMIME", "the body is declared 8-bit and the server does not offer 8BITMIME")
-    }
-    if (declared === undefined && eightBit && !Capabilities.eightBitMime(capabilities)) {
-      return yield* capabilityError("8BITMIME", "the body has 8-bit octets and the server does not offer 8BITMIME")
-    }
-    const bodyType: SmtpCommand.BodyType | undefined = declared ??
-      (eightBit || (inMemory === undefined && Capabilities.eightBitMime(capabilities)) ? "8BITMIME" : undefined)
-
-    // DSN (RFC 3461) and REQUIRETLS (RFC 8689) are promises the server must be able to keep.
-    const usesDsn = mailParameters.ret !== undefined || mailParameters.envelopeId !== undefined ||
-      recipients.some((r) => r.parameters?.notify !== undefined || r.parameters?.originalRecipient !== undefined)
-    if (usesDsn && !Capabilities.dsn(capabilities)) {
-      return yield* capabilityError("DSN", "DSN parameters (RET, ENVID, NOTIFY, ORCPT) need the server's DSN extension")
-    }
-    if (mailParameters.requireTls === true) {
-      if (!secure) return yield* capabilityError("REQUIRETLS", "REQUIRETLS needs a TLS connection")
-      if (!Capabilities.requireTls(capabilities)) {
-        return yield* capabilityError("REQUIRETLS", "the server does not offer REQUIRETLS")
-      }
-    }
-
-    const method = binary || (options.chunking !== false && Capabilities.chunking(capabilities)) ? "BDAT" : "DATA"
-    const prepared: PreparedBody<E, R> = inMemory !== undefined
-      ? {
-        _tag: "Encoded",
-        chunks: asText ?? (yield* encodeAll(inMemory, method, binary, allowLongLines)),
-        octets: inMemory.length
-      }
-      : {
-        _tag: "Streamed",
-        body,
-        sevenBitOnly: bodyType === undefined
-      }
-
-    // SIZE (RFC 1870): declared when known, and checked against the limit before anything is sent.
-    const size = mailParameters.size ?? options.size ??
-      (prepared._tag === "Encoded"
-        ? prepared.chunks.reduce((n, c) => n + c.length, 0)
-        : Body.isReaderBody(body)
-        ? body.size
-        : undefined)
-    const limit = Capabilities.sizeLimit(capabilities)
-    if (size !== undefined && Option.isSome(limit) && limit.value > 0 && size > limit.value) {
-      return yield* capabilityError("SIZE", `the message is ${size} octets and the server takes at most ${limit.value}`)
-    }
-
-    const mail = SmtpCommand.mail(yield* wire(sender, "MAIL FROM address"), {
-      ...mailParameters,
-      size: Capabilities.has(capabilities, "SIZE") ? size : undefined,
-      body: bodyType,
-      smtpUtf8: needsUtf8 ? true : undefined
-    })
-    const rcpts: Array<{ recipient: string; bytes: Uint8Array; line: string }> = []
-    for (const [i, r] of recipients.entries()) {
-      const command = SmtpCommand.rcpt(yield* wire(rcptAddresses[i]!, "RCPT TO address"), r.parameters)
-      const bytes = yield* SmtpCommand.encode(command)
-      rcpts.push({ recipient: r.address, bytes, line: transcriptLine(bytes) })
-    }
-    const mailBytes = yield* SmtpCommand.encode(mail)
-    return {
-      method,
-      pipelining: options.pipelining !== false && Capabilities.pipelining(capabilities),
-      allOrNothing: options.policy === "all-or-nothing",
-      mail: mailBytes,
-      mailLine: transcriptLine(mailBytes),
-      recipients: rcpts,
-      binary,
-      allowLongLines,
-      body: prepared
-    }
+  const senderOnWire = wire(sender, "MAIL FROM address")
+  if (Either.isLeft(senderOnWire)) return Either.left(senderOnWire.left)
+  const mail = SmtpCommand.mail(senderOnWire.right, {
+    ...mailParameters,
+    size: Capabilities.has(capabilities, "SIZE") ? size : undefined,
+    body: bodyType,
+    smtpUtf8: needsUtf8 ? true : undefined
   })
+  const rcpts: Array<{ recipient: string; bytes: Uint8Array; line: string }> = []
+  for (const [i, r] of recipients.entries()) {
+    const recipientOnWire = wire(rcptAddresses[i]!, "RCPT TO address")
+    if (Either.isLeft(recipientOnWire)) return Either.left(recipientOnWire.left)
+    const bytes = SmtpCommand.encode(SmtpCommand.rcpt(recipientOnWire.right, r.parameters))
+    if (Either.isLeft(bytes)) return Either.left(bytes.left)
+    rcpts.push({ recipient: r.address, bytes: bytes.right, line: transcriptLine(bytes.right) })
+  }
+  const mailBytes = SmtpCommand.encode(mail)
+  if (Either.isLeft(mailBytes)) return Either.left(mailBytes.left)
+  return Either.right({
+    method,
+    pipelining: options.pipelining !== false && Capabilities.pipelining(capabilities),
+    allOrNothing: options.policy === "all-or-nothing",
+    mail: mailBytes.right,
+    mailLine: transcriptLine(mailBytes.right),
+    recipients: rcpts,
+    binary,
+    allowLongLines,
+    body: prepared
+  })
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Running: one output buffer, one FIFO of the replies still due
@@ -335,8 +347,12 @@ interface Transaction {
   mailError: RefusalError | undefined
   dataReply: SmtpReply.SmtpReply | undefined
   chunkError: RefusalError | undefined
-  /** The flushes whose replies this message waited for: its round trips. */
-  readonly flushes: Set<number>
+  /**
+   * How many flushes this message waited for replies after: its round trips. Replies come in order and flushes are
+   * numbered upwards, so counting a flush when it differs from the last one counts each once.
+   */
+  roundTrips: number
+  lastFlush: number
   /** The end of its data (`.` or the last BDAT) is in the output buffer, or was written. */
   endQueued: boolean
   /** The end of its data was written: from here on the server may have accepted it. */
@@ -460,7 +476,7 @@ export const run = <E, R, R2>(
           accepted: transaction.accepted,
           rejected: transaction.rejected,
           response,
-          roundTrips: transaction.flushes.size,
+          roundTrips: transaction.roundTrips,
           method: transaction.method
         })
       )
@@ -472,7 +488,11 @@ export const run = <E, R, R2>(
       if (entry === undefined) return Effect.void
       if (entry._tag === "Turn") return entry.run
       return Effect.flatMap(session.readReply(entry.phase, entry.verb, entry.mayHaveBeenDelivered), (reply) => {
-        entry.transaction?.flushes.add(flushes)
+        const transaction = entry.transaction
+        if (transaction !== undefined && transaction.lastFlush !== flushes) {
+          transaction.lastFlush = flushes
+          transaction.roundTrips++
+        }
         return entry.handle(reply)
       })
     })
@@ -838,7 +858,8 @@ export const run = <E, R, R2>(
       mailError: undefined,
       dataReply: undefined,
       chunkError: undefined,
-      flushes: new Set(),
+      roundTrips: 0,
+      lastFlush: -1,
       endQueued: false,
       endSent: false,
       done: false
