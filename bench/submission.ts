@@ -25,6 +25,7 @@ import type { PostfixServer } from "../test/support/postfix.js"
 import { startPostfix } from "../test/support/postfix.js"
 import type { Child } from "./child.js"
 import { runChild, startChild } from "./child.js"
+import * as EffectOps from "./effectOps.js"
 import type { Case, Options, Result } from "./harness.js"
 import { columns, fixed, measure, median } from "./harness.js"
 import type { Message } from "./messages.js"
@@ -35,6 +36,8 @@ const LATENCY_MESSAGES = 500
 const LATENCY_WARMUP_MESSAGES = 50
 const CPU_MESSAGES = 5_000
 const CPU_WARMUP_MESSAGES = 500
+/** Messages per counted batch of the Effect operations case (it sends one more batch, uncounted, first). */
+const EFFECT_OPS_MESSAGES = 1_000
 export const DELAY_MS = 5
 const NOOPS = 20
 const MEMORY_OCTETS = 2 ** 30
@@ -575,6 +578,8 @@ const group = async (log: (line: string) => void, postfix: PostfixServer): Promi
     await roundTrip(log, "Postfix", postfixProxy, postfix.ports.plain)
     await latency(log, smtpTally, smtpProxy, postfixTally_, postfixProxy)
     await cpu(log, smtpTally, smtpPort)
+    await EffectOps.run(log, smtpPort, messages(EFFECT_OPS_MESSAGES))
+    await smtpTally.check(2 * EFFECT_OPS_MESSAGES)
   } finally {
     for (const c of children.reverse()) await c.close()
   }

@@ -243,10 +243,13 @@ export const make = (
     /** A reply into the transcript, and for a command of its own (`onSpan`), its code onto the command's span. */
     const replied = (reply: SmtpReply.SmtpReply, onSpan: boolean): Effect.Effect<SmtpReply.SmtpReply> => {
       for (const line of SmtpReply.formatLines(reply)) note("server", line)
-      const published = onSpan
-        ? Effect.zipRight(publishTranscript, Effect.annotateCurrentSpan("smtp.reply.code", reply.code))
-        : publishTranscript
-      return published === Effect.void ? Effect.succeed(reply) : Effect.as(published, reply)
+      if (onSpan) {
+        return Effect.as(
+          Effect.zipRight(publishTranscript, Effect.annotateCurrentSpan("smtp.reply.code", reply.code)),
+          reply
+        )
+      }
+      return onTranscript === undefined ? Effect.succeed(reply) : Effect.as(publishTranscript, reply)
     }
 
     /**
@@ -270,7 +273,7 @@ export const make = (
           usage.sendingMillis += Date.now() - started
           for (const chunk of chunks) usage.bytesSent += chunk.length
         })
-        return publishTranscript === Effect.void ? written : Effect.zipRight(publishTranscript, written)
+        return onTranscript === undefined ? written : Effect.zipRight(publishTranscript, written)
       })
 
     /** True in a fiber that holds `lock`, so that a transaction can run its commands inside one use. */

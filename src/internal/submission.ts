@@ -812,7 +812,7 @@ export const run = <E, R, R2>(
 
     const runOne = (submission: SmtpConnection.Submission<E, R>) =>
       Effect.gen(function*() {
-        const merged = { ...options, ...submission.options }
+        const merged = submission.options === undefined ? options : { ...options, ...submission.options }
         const planned = plan(submission.envelope, submission.body, merged, session.capabilities(), secure)
         if (Either.isLeft(planned)) {
           // Nothing of it was sent; its result still comes out in order.
