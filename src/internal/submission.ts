@@ -353,6 +353,8 @@ interface Transaction {
    */
   roundTrips: number
   lastFlush: number
+  /** How many of the entries in the FIFO are this message's: replies still due, or its turn. */
+  owed: number
   /** The end of its data (`.` or the last BDAT) is in the output buffer, or was written. */
   endQueued: boolean
   /** The end of its data was written: from here on the server may have accepted it. */
@@ -430,6 +432,11 @@ export const run = <E, R, R2>(
         reclaimBlock()
       })
     })
+    /** Files a reply (or a turn) as due, in order. */
+    const owe = (entry: Due): void => {
+      due.push(entry)
+      if (entry.transaction !== undefined) entry.transaction.owed++
+    }
     /**
      * Adds to the output buffer, all at once: no flush comes between `bytes` and `more`. True when the buffer holds
      * enough to be flushed before a reply is awaited (what keeps a long body moving).
@@ -451,12 +458,12 @@ export const run = <E, R, R2>(
       data: ReadonlyArray<Uint8Array> = NOTHING
     ): boolean => {
       session.note(line)
-      due.push(entry)
+      owe(entry)
       return enqueue(bytes, data)
     }
     const queue = (bytes: Uint8Array) => Effect.suspend(() => enqueue(bytes) ? flush : Effect.void)
-    const command = (bytes: Uint8Array, line: string, entry: ReplyDue, data: ReadonlyArray<Uint8Array> = NOTHING) =>
-      Effect.suspend(() => enqueueCommand(bytes, line, entry, data) ? flush : Effect.void)
+    const command = (bytes: Uint8Array, line: string, entry: ReplyDue) =>
+      Effect.suspend(() => enqueueCommand(bytes, line, entry) ? flush : Effect.void)
 
     const finish = (
       transaction: Transaction,
@@ -486,6 +493,7 @@ export const run = <E, R, R2>(
     const readDue: Effect.Effect<void, Fatal> = Effect.suspend(() => {
       const entry = due.shift()
       if (entry === undefined) return Effect.void
+      if (entry.transaction !== undefined) entry.transaction.owed--
       if (entry._tag === "Turn") return entry.run
       return Effect.flatMap(session.readReply(entry.phase, entry.verb, entry.mayHaveBeenDelivered), (reply) => {
         const transaction = entry.transaction
@@ -506,7 +514,7 @@ export const run = <E, R, R2>(
     /** Reads until `transaction` has had every reply queued so far. */
     const readFor = (transaction: Transaction) =>
       Effect.whileLoop({
-        while: () => due.some((d) => d.transaction === transaction),
+        while: () => transaction.owed > 0,
         body: () => readOne,
         step: () => {}
       })
@@ -730,7 +738,7 @@ export const run = <E, R, R2>(
         }
         session.note(`<message body, ${sent.right} octets, then .>`)
         transaction.endQueued = true
-        due.push({
+        owe({
           _tag: "Reply",
           verb: "DATA",
           phase: "dataEnd",
@@ -755,19 +763,20 @@ export const run = <E, R, R2>(
 
     const sendBdat = (transaction: Transaction, plan: Plan<E, R>) =>
       Effect.gen(function*() {
+        // A long message: its chunks' replies are read as they come, so that a refusal stops it early.
+        const readAhead = Effect.whileLoop({
+          while: () => transaction.owed > BDAT_REPLIES_AHEAD,
+          body: () => readOne,
+          step: () => {}
+        })
         const chunk = (size: number, last: boolean, data: ReadonlyArray<Uint8Array>) =>
-          Effect.gen(function*() {
+          Effect.suspend(() => {
             const header = SmtpCommand.encode(SmtpCommand.bdat(size, last)).pipe(Either.getOrThrow)
             if (last) transaction.endQueued = true
-            yield* command(
-              header,
-              `BDAT ${size}${last ? " LAST" : ""} <${size} octets>`,
-              bdatDue(transaction, last),
-              data
-            )
-            if (!plan.pipelining) return yield* readFor(transaction)
-            // A long message: read its chunks' replies as they come, so that a refusal stops it early.
-            while (due.filter((d) => d.transaction === transaction).length > BDAT_REPLIES_AHEAD) yield* readOne
+            const line = `BDAT ${size}${last ? " LAST" : ""} <${size} octets>`
+            const full = enqueueCommand(header, line, bdatDue(transaction, last), data)
+            const then = plan.pipelining ? readAhead : readFor(transaction)
+            return full ? Effect.zipRight(flush, then) : then
           })
         if (plan.body._tag === "Encoded") {
           const size = plan.body.chunks.reduce((n, c) => n + c.length, 0)
@@ -819,7 +828,7 @@ export const run = <E, R, R2>(
           if (open.length === 0) return yield* emit(Either.left(planned.left))
           const placeholder: Transaction = { ...newTransaction("DATA"), refused: planned.left }
           open.push(placeholder)
-          due.push({ _tag: "Turn", transaction: placeholder, run: fail(placeholder, planned.left) })
+          owe({ _tag: "Turn", transaction: placeholder, run: fail(placeholder, planned.left) })
           return
         }
         const p = planned.right
@@ -860,6 +869,7 @@ export const run = <E, R, R2>(
       chunkError: undefined,
       roundTrips: 0,
       lastFlush: -1,
+      owed: 0,
       endQueued: false,
       endSent: false,
       done: false
