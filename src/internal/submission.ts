@@ -504,7 +504,13 @@ export const run = <E, R, R2>(
         return entry.handle(reply)
       })
     })
-    /** Reads the oldest reply still due and hands it on, once everything queued is written. */
+    /**
+     * Reads the oldest reply still due and hands it on, once everything queued is written. Even when the reply was
+     * read already: holding the commands back to join them with the ones the next replies let go made BDAT through
+     * Postfix about half as fast at window 16 (270 msg/s against 512–531 in the bench). That fits a server that sends
+     * its replies only once it has no more input (RFC 2920 §3.2 allows it): given several messages in one write, it
+     * answers them in one burst, and the window then moves in bursts.
+     */
     const readOne: Effect.Effect<void, Fatal> = Effect.suspend(() => {
       if (out.length > 0) return Effect.zipRight(flush, readDue)
       reclaimBlock()
