@@ -384,7 +384,10 @@ export type ReadError = NetworkError | TimeoutError | SmtpProtocolError
  */
 export interface SmtpConnection {
   readonly state: Effect.Effect<State>
-  /** Every line sent and received, redacted; a late subscriber first gets the last 1,000 lines. */
+  /**
+   * Every line sent and received, redacted; a late subscriber first gets the last 1,000 lines. It ends, after the
+   * last line, when the connection closes.
+   */
   readonly transcript: Stream.Stream<TranscriptEntry>
   readonly usage: Effect.Effect<Usage>
   /** Sets the usage figures back to zero (Qore's `clearStats`). */
