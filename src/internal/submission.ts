@@ -461,7 +461,6 @@ export const run = <E, R, R2>(
       owe(entry)
       return enqueue(bytes, data)
     }
-    const queue = (bytes: Uint8Array) => Effect.suspend(() => enqueue(bytes) ? flush : Effect.void)
     const command = (bytes: Uint8Array, line: string, entry: ReplyDue) =>
       Effect.suspend(() => enqueueCommand(bytes, line, entry) ? flush : Effect.void)
 
@@ -640,7 +639,7 @@ export const run = <E, R, R2>(
     /** The block's bytes not queued yet, now queued. */
     const queueBlock = Effect.suspend(() => {
       const [region] = takeBlock()
-      return region === undefined ? Effect.void : queue(region)
+      return region !== undefined && enqueue(region) ? flush : Effect.void
     })
     /** Drops the block's bytes not queued yet: the rest of a body that will not be sent. */
     const dropBlock = () => void (blockEnd = blockStart)
