@@ -75,6 +75,7 @@ const FLUSH_AT = 64 * 1024
 const BDAT_REPLIES_AHEAD = 8
 const END_OF_DATA = new TextEncoder().encode(".\r\n")
 const DATA_COMMAND = SmtpCommand.encode(SmtpCommand.data).pipe(Either.getOrThrow)
+const RSET_COMMAND = SmtpCommand.encode(SmtpCommand.rset).pipe(Either.getOrThrow)
 /** No bytes: the default of what follows a command, shared so that a command allocates no array for it. */
 const NOTHING: ReadonlyArray<Uint8Array> = []
 /**
@@ -221,10 +222,11 @@ export const plan = <E, R>(
         : "an address has a non-ASCII local part and the server does not offer SMTPUTF8"
     )
   }
+  // Without SMTPUTF8 every local part is ASCII here, so only a non-ASCII domain has anything to convert.
   const wire = (address: Address, field: string): Either.Either<string, InvalidInputError> =>
     address.mailbox === undefined
       ? Either.right("")
-      : needsUtf8
+      : needsUtf8 || Mailbox.isAscii(address.mailbox.domain)
       ? Either.right(Mailbox.format(address.mailbox))
       : Either.map(Mailbox.toAscii(address.mailbox, field), Mailbox.format)
 
@@ -569,11 +571,8 @@ export const run = <E, R, R2>(
       transaction: undefined,
       handle: (reply) => SmtpReply.isServiceClosing(reply) ? Effect.asVoid(refusal(reply, verb)) : Effect.void
     })
-    const queueReset = command(
-      SmtpCommand.encode(SmtpCommand.rset).pipe(Either.getOrThrow),
-      "RSET",
-      ignoredDue("RSET", "command")
-    )
+    const resetDue = ignoredDue("RSET", "command")
+    const queueReset = command(RSET_COMMAND, "RSET", resetDue)
 
     /**
      * The replies to the end of data: one, or with LMTP one per accepted recipient (RFC 2033 §4.2). Each recipient's
@@ -766,27 +765,32 @@ export const run = <E, R, R2>(
       }
     })
 
-    const sendBdat = (transaction: Transaction, plan: Plan<E, R>) =>
-      Effect.gen(function*() {
-        // A long message: its chunks' replies are read as they come, so that a refusal stops it early.
-        const readAhead = Effect.whileLoop({
-          while: () => transaction.owed > BDAT_REPLIES_AHEAD,
-          body: () => readOne,
-          step: () => {}
+    const sendBdat = (transaction: Transaction, plan: Plan<E, R>) => {
+      // A long message: its chunks' replies are read as they come, so that a refusal stops it early.
+      const readAhead = Effect.whileLoop({
+        while: () => transaction.owed > BDAT_REPLIES_AHEAD,
+        body: () => readOne,
+        step: () => {}
+      })
+      const chunk = (size: number, last: boolean, data: ReadonlyArray<Uint8Array>) =>
+        Effect.suspend(() => {
+          const header = SmtpCommand.encode(SmtpCommand.bdat(size, last)).pipe(Either.getOrThrow)
+          if (last) transaction.endQueued = true
+          const line = `BDAT ${size}${last ? " LAST" : ""} <${size} octets>`
+          const full = enqueueCommand(header, line, bdatDue(transaction, last), data)
+          const then = !plan.pipelining
+            ? readFor(transaction)
+            : transaction.owed > BDAT_REPLIES_AHEAD
+            ? readAhead
+            : Effect.void
+          return full ? Effect.zipRight(flush, then) : then
         })
-        const chunk = (size: number, last: boolean, data: ReadonlyArray<Uint8Array>) =>
-          Effect.suspend(() => {
-            const header = SmtpCommand.encode(SmtpCommand.bdat(size, last)).pipe(Either.getOrThrow)
-            if (last) transaction.endQueued = true
-            const line = `BDAT ${size}${last ? " LAST" : ""} <${size} octets>`
-            const full = enqueueCommand(header, line, bdatDue(transaction, last), data)
-            const then = plan.pipelining ? readAhead : readFor(transaction)
-            return full ? Effect.zipRight(flush, then) : then
-          })
-        if (plan.body._tag === "Encoded") {
-          const size = plan.body.chunks.reduce((n, c) => n + c.length, 0)
-          return yield* chunk(size, true, plan.body.chunks)
-        }
+      const body = plan.body
+      if (body._tag === "Encoded") {
+        // In memory: one BDAT LAST, without the generator a streamed body needs.
+        return chunk(body.chunks.reduce((n, c) => n + c.length, 0), true, body.chunks)
+      }
+      return Effect.gen(function*() {
         /** The block's bytes not queued yet, as one chunk; none after a refused chunk (RFC 3030 §2). */
         const cut = (last: boolean) =>
           Effect.suspend(() => {
@@ -800,7 +804,7 @@ export const run = <E, R, R2>(
         const full = asSessionFailure(cut(false))
         const chunkDone = Effect.suspend(() => blockEnd - blockStart >= STREAMED_CHUNK_SIZE ? full : Effect.void)
         const sent = yield* Effect.either(
-          Effect.flatMap(streamIntoBlock(plan.body, lines, full, chunkDone), () => {
+          Effect.flatMap(streamIntoBlock(body, lines, full, chunkDone), () => {
             const close = lines?.end()
             return close instanceof InvalidInputError ? Effect.fail(close) : Effect.succeed(close)
           })
@@ -823,21 +827,31 @@ export const run = <E, R, R2>(
         }
         yield* cut(true)
       })
+    }
 
-    const runOne = (submission: SmtpConnection.Submission<E, R>) =>
+    /** A window of transactions in flight: once it is full, the oldest is waited for. */
+    const awaitRoom = Effect.whileLoop({ while: () => open.length >= window, body: () => readOne, step: () => {} })
+
+    /**
+     * PIPELINING without all-or-nothing, the common case: MAIL and every RCPT are queued at once, then the body, and no
+     * reply is awaited in between. Plain code rather than a generator: this runs once per message.
+     */
+    const sendPipelined = (transaction: Transaction, p: Plan<E, R>) => {
+      open.push(transaction)
+      let full = false
+      if (resetPending) {
+        resetPending = false
+        full = enqueueCommand(RSET_COMMAND, "RSET", resetDue)
+      }
+      full = enqueueCommand(p.mail, p.mailLine, mailDue(transaction)) || full
+      for (const r of p.recipients) full = enqueueCommand(r.bytes, r.line, rcptDue(transaction, r.recipient)) || full
+      const body = p.method === "DATA" ? sendData(transaction, p) : sendBdat(transaction, p)
+      return full ? Effect.zipRight(flush, body) : body
+    }
+
+    /** Without PIPELINING, or under all-or-nothing: the envelope's replies are read before the body goes. */
+    const sendInTurn = (transaction: Transaction, p: Plan<E, R>) =>
       Effect.gen(function*() {
-        const merged = submission.options === undefined ? options : { ...options, ...submission.options }
-        const planned = plan(submission.envelope, submission.body, merged, session.capabilities(), secure)
-        if (Either.isLeft(planned)) {
-          // Nothing of it was sent; its result still comes out in order.
-          if (open.length === 0) return yield* emit(Either.left(planned.left))
-          const placeholder: Transaction = { ...newTransaction("DATA"), refused: planned.left }
-          open.push(placeholder)
-          owe({ _tag: "Turn", transaction: placeholder, run: fail(placeholder, planned.left) })
-          return
-        }
-        const p = planned.right
-        const transaction = newTransaction(p.method)
         if (!p.pipelining) yield* readAll
         open.push(transaction)
         if (resetPending) {
@@ -850,19 +864,33 @@ export const run = <E, R, R2>(
           if (enqueueCommand(r.bytes, r.line, rcptDue(transaction, r.recipient))) yield* flush
           if (!p.pipelining) yield* readFor(transaction)
         }
-        if (p.allOrNothing || !p.pipelining) {
-          // Decide on the envelope before any data goes: one round trip more under all-or-nothing.
-          yield* readFor(transaction)
-          const refused = refusedEnvelope(transaction, p.allOrNothing)
-          if (refused !== undefined) {
-            if (transaction.mailError === undefined) yield* queueReset
-            return yield* fail(transaction, refused)
-          }
+        // Decide on the envelope before any data goes: one round trip more under all-or-nothing.
+        yield* readFor(transaction)
+        const refused = refusedEnvelope(transaction, p.allOrNothing)
+        if (refused !== undefined) {
+          if (transaction.mailError === undefined) yield* queueReset
+          return yield* fail(transaction, refused)
         }
         if (p.method === "DATA") yield* sendData(transaction, p)
         else yield* sendBdat(transaction, p)
-        // A window of transactions in flight (BDAT), then wait for the oldest.
-        while (open.length >= window) yield* readOne
+      })
+
+    const runOne = (submission: SmtpConnection.Submission<E, R>) =>
+      Effect.suspend(() => {
+        const merged = submission.options === undefined ? options : { ...options, ...submission.options }
+        const planned = plan(submission.envelope, submission.body, merged, session.capabilities(), secure)
+        if (Either.isLeft(planned)) {
+          // Nothing of it was sent; its result still comes out in order.
+          if (open.length === 0) return emit(Either.left(planned.left))
+          const placeholder: Transaction = { ...newTransaction("DATA"), refused: planned.left }
+          open.push(placeholder)
+          owe({ _tag: "Turn", transaction: placeholder, run: fail(placeholder, planned.left) })
+          return Effect.void
+        }
+        const p = planned.right
+        const transaction = newTransaction(p.method)
+        const send = p.pipelining && !p.allOrNothing ? sendPipelined(transaction, p) : sendInTurn(transaction, p)
+        return Effect.zipRight(send, awaitRoom)
       })
 
     const newTransaction = (method: "DATA" | "BDAT"): Transaction => ({
