@@ -182,13 +182,18 @@ export const sendData = async (
 /**
  * BDAT mode: `bodies[i]` are sent as they are (no dot-stuffing), each as one `BDAT n LAST`, with up to `window`
  * transactions in flight. Returns the number of messages the server accepted: all of them, or it throws.
+ *
+ * `spinMicros` (default 0) spins the CPU that long at each message's last reply, before the next one is written: a
+ * client that does that much work of its own per message, for telling how much of a slower client's rate its CPU
+ * time explains when the client shares the cores with the server.
  */
 export const sendBdat = async (
   port: number,
   transactions: ReadonlyArray<Transaction>,
   bodies: ReadonlyArray<Uint8Array>,
   window: number,
-  deadlineMs: number
+  deadlineMs: number,
+  spinMicros = 0
 ): Promise<number> => {
   const session = await open(port, deadlineMs, ["PIPELINING", "CHUNKING"])
   try {
@@ -205,6 +210,12 @@ export const sendBdat = async (
     }
     const ended = (): void => {
       accepted++
+      if (spinMicros > 0) {
+        const until = performance.now() + spinMicros / 1000
+        while (performance.now() < until) {
+          // spinning: the client's own work, as a stand-in
+        }
+      }
       if (next < transactions.length) write()
     }
     session.socket.cork()
