@@ -518,6 +518,16 @@ export const run = <E, R, R2>(
       return readDue
     })
     const readAll = Effect.whileLoop({ while: () => due.length > 0, body: () => readOne, step: () => {} })
+    /**
+     * Reads until `transaction` leaves at most `BDAT_REPLIES_AHEAD` replies unread: a long message's chunk replies are
+     * read as they come, so that a refusal stops it early.
+     */
+    const readAhead = (transaction: Transaction) =>
+      Effect.whileLoop({
+        while: () => transaction.owed > BDAT_REPLIES_AHEAD,
+        body: () => readOne,
+        step: () => {}
+      })
     /** Reads until `transaction` has had every reply queued so far. */
     const readFor = (transaction: Transaction) =>
       Effect.whileLoop({
@@ -766,12 +776,6 @@ export const run = <E, R, R2>(
     })
 
     const sendBdat = (transaction: Transaction, plan: Plan<E, R>) => {
-      // A long message: its chunks' replies are read as they come, so that a refusal stops it early.
-      const readAhead = Effect.whileLoop({
-        while: () => transaction.owed > BDAT_REPLIES_AHEAD,
-        body: () => readOne,
-        step: () => {}
-      })
       const chunk = (size: number, last: boolean, data: ReadonlyArray<Uint8Array>) =>
         Effect.suspend(() => {
           const header = SmtpCommand.encode(SmtpCommand.bdat(size, last)).pipe(Either.getOrThrow)
@@ -781,7 +785,7 @@ export const run = <E, R, R2>(
           const then = !plan.pipelining
             ? readFor(transaction)
             : transaction.owed > BDAT_REPLIES_AHEAD
-            ? readAhead
+            ? readAhead(transaction)
             : Effect.void
           return full ? Effect.zipRight(flush, then) : then
         })
