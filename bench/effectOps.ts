@@ -12,6 +12,7 @@ import * as RuntimeFlagsPatch from "effect/RuntimeFlagsPatch"
 import * as Stream from "effect/Stream"
 import * as Supervisor from "effect/Supervisor"
 import * as SmtpConnection from "../src/SmtpConnection.js"
+import type * as SmtpSubmission from "../src/SmtpSubmission.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
 import { columns } from "./harness.js"
 import type { Message } from "./messages.js"
@@ -34,7 +35,7 @@ class OpCounter extends Supervisor.AbstractSupervisor<void> {
 export const run = async (log: (line: string) => void, port: number, batch: ReadonlyArray<Message>): Promise<void> => {
   const counter = new OpCounter()
   const submissions = batch.map((m) => ({ envelope: { from: m.from, to: [m.to] }, body: m.body }))
-  const sent = (results: Iterable<Either.Either<SmtpConnection.SendResult, unknown>>) => {
+  const sent = (results: Iterable<Either.Either<SmtpSubmission.SendResult, unknown>>) => {
     let n = 0
     for (const result of results) if (Either.isRight(result) && result.right.response.code === 250) n++
     if (n !== batch.length) throw new Error(`effect operations: ${n} of ${batch.length} messages sent`)

@@ -3,7 +3,7 @@
  * `process.resourceUsage().maxRSS`. The kinds:
  * - `ours`: our connection's `send` of an Effect `Stream` of fresh 64 KiB-ish blocks, made on the fly (never held
  *   whole);
- * - `file`: our `send` of the same blocks written to a file, through `SmtpConnection.fileBody`, read into the
+ * - `file`: our `send` of the same blocks written to a file, through `SmtpSubmission.fileBody`, read into the
  *   connection's own reused buffer;
  * - `nodemailer` and `nodemailer-file`: Nodemailer 10 sending the same fresh blocks from a `Readable`, or the file from
  *   `fs.createReadStream`, as `raw`;
@@ -21,6 +21,7 @@ import { createReadStream } from "node:fs"
 import { Readable } from "node:stream"
 import * as DataEncoder from "../src/DataEncoder.js"
 import * as SmtpConnection from "../src/SmtpConnection.js"
+import * as SmtpSubmission from "../src/SmtpSubmission.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
 import { fail, finish } from "./child.js"
 import { memoryBlock, nodemailerTarget, SENDER } from "./messages.js"
@@ -30,7 +31,7 @@ const RECIPIENT = "rcpt@example.org"
 
 const send = <E, R>(
   port: number,
-  body: Effect.Effect<SmtpConnection.Body<E, R>, E, R>
+  body: Effect.Effect<SmtpSubmission.Body<E, R>, E, R>
 ): Effect.Effect<{ readonly code: number; readonly ms: number }, unknown, R> =>
   Effect.gen(function*() {
     const connection = yield* SmtpConnection.make({ host: "127.0.0.1", port, tls: "none", clientName: "bench.example" })
@@ -53,7 +54,7 @@ const ours = (port: number, blocks: number, text: Buffer): Promise<{ readonly co
 }
 
 const file = (port: number, path: string): Promise<{ readonly code: number; readonly ms: number }> =>
-  Effect.runPromise(send(port, SmtpConnection.fileBody(path)).pipe(Effect.provide(NodeFileSystem.layer)))
+  Effect.runPromise(send(port, SmtpSubmission.fileBody(path)).pipe(Effect.provide(NodeFileSystem.layer)))
 
 const viaNodemailer = async (port: number, body: Readable): Promise<{ readonly code: number; readonly ms: number }> => {
   // Loaded only here, so that the other kinds' processes do not hold Nodemailer's modules.

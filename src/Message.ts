@@ -24,6 +24,7 @@ import { LineCanonicalizer } from "./internal/lineCanonicalizer.js"
 import * as internal from "./internal/message.js"
 import type * as SmtpConnection from "./SmtpConnection.js"
 import { type InvalidInputError, TypeId } from "./SmtpError.js"
+import type * as SmtpSubmission from "./SmtpSubmission.js"
 
 /**
  * A mailbox with an optional display name.
@@ -114,7 +115,7 @@ export interface DkimOptions {
  * @since 0.1.0
  * @category models
  */
-export type Envelope = Pick<SmtpConnection.Envelope, "from" | "to">
+export type Envelope = Pick<SmtpSubmission.Envelope, "from" | "to">
 
 /**
  * A structured message. Bcc recipients go in the envelope, never in the headers.
@@ -327,10 +328,10 @@ export const compose = <M extends Message<unknown, unknown>>(
 export const send = <M extends Message<unknown, unknown>>(
   connection: SmtpConnection.SmtpConnection,
   message: M,
-  options?: SmtpConnection.SendOptions
+  options?: SmtpSubmission.SendOptions
 ): Effect.Effect<
-  SmtpConnection.SendResult & { readonly messageId: string },
-  SmtpConnection.SendError | BodyError<M> | ComposeError,
+  SmtpSubmission.SendResult & { readonly messageId: string },
+  SmtpSubmission.SendError | BodyError<M> | ComposeError,
   BodyContext<M>
 > =>
   Effect.flatMap(compose(message), (composed) =>

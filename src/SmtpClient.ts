@@ -17,6 +17,7 @@ import * as internal from "./internal/client.js"
 import type * as Message from "./Message.js"
 import type * as SmtpConnection from "./SmtpConnection.js"
 import type { SmtpPermanentError, SmtpTransientError } from "./SmtpError.js"
+import type * as SmtpSubmission from "./SmtpSubmission.js"
 import type { SmtpTransport } from "./SmtpTransport.js"
 
 /**
@@ -58,7 +59,7 @@ export interface Options {
   /** Transactions under way at once at most. Default: the pool's `maxConnections`. */
   readonly maxConcurrentTransactions?: number | undefined
   /** Options for every send, under each send's own. */
-  readonly sendOptions?: SmtpConnection.SendOptions | undefined
+  readonly sendOptions?: SmtpSubmission.SendOptions | undefined
   /** How long closing the layer waits for sends in flight before it closes the connections. Default 30 s. */
   readonly shutdownTimeout?: Duration.DurationInput | undefined
 }
@@ -70,7 +71,7 @@ export interface Options {
  * @since 0.1.0
  * @category models
  */
-export interface SendResult extends SmtpConnection.SendResult {
+export interface SendResult extends SmtpSubmission.SendResult {
   readonly attempts: number
 }
 
@@ -81,7 +82,7 @@ export interface SendResult extends SmtpConnection.SendResult {
  * @since 0.1.0
  * @category models
  */
-export type SendError = SmtpConnection.SendError | SmtpConnection.ConnectError
+export type SendError = SmtpSubmission.SendError | SmtpConnection.ConnectError
 
 /**
  * The client.
@@ -92,14 +93,14 @@ export type SendError = SmtpConnection.SendError | SmtpConnection.ConnectError
 export interface SmtpClient {
   /** One message: envelope and body, with the client's pool, retries and limits. */
   readonly send: <E = never, R = never>(
-    envelope: SmtpConnection.Envelope,
-    body: SmtpConnection.Body<E, R>,
-    options?: SmtpConnection.SendOptions
+    envelope: SmtpSubmission.Envelope,
+    body: SmtpSubmission.Body<E, R>,
+    options?: SmtpSubmission.SendOptions
   ) => Effect.Effect<SendResult, SendError | E, R>
   /** A structured message, composed (`Message.compose`) and sent like `send`. */
   readonly sendMessage: <M extends Message.Message<unknown, unknown>>(
     message: M,
-    options?: SmtpConnection.SendOptions
+    options?: SmtpSubmission.SendOptions
   ) => Effect.Effect<
     SendResult & { readonly messageId: string },
     SendError | Message.BodyError<M> | Message.ComposeError,
@@ -149,7 +150,7 @@ export const layerConfig: (
  * @category models
  */
 export interface Recorded {
-  readonly envelope: SmtpConnection.Envelope
+  readonly envelope: SmtpSubmission.Envelope
   /** The body as it would go on the wire before dot-stuffing: the bytes given, read whole. */
   readonly body: Uint8Array
   readonly accepted: ReadonlyArray<string>

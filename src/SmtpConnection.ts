@@ -5,30 +5,27 @@
  *
  * @since 0.1.0
  */
-import type { PlatformError } from "@effect/platform/Error"
-import * as FileSystem from "@effect/platform/FileSystem"
 import type * as Duration from "effect/Duration"
-import * as Effect from "effect/Effect"
+import type * as Effect from "effect/Effect"
 import type * as Either from "effect/Either"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as Capabilities from "./Capabilities.js"
-import * as body from "./internal/body.js"
 import * as internal from "./internal/connection.js"
 import type * as SmtpAuth from "./SmtpAuth.js"
 import type * as SmtpCommand from "./SmtpCommand.js"
 import type {
   InvalidInputError,
   NetworkError,
+  ReadError,
+  ReplyError,
   SmtpAuthError,
-  SmtpCapabilityError,
-  SmtpPermanentError,
-  SmtpProtocolError,
-  SmtpTransientError,
   TimeoutError,
   TlsError
 } from "./SmtpError.js"
 import type { SmtpReply } from "./SmtpReply.js"
+import type * as SmtpSubmission from "./SmtpSubmission.js"
+import type * as SmtpTimeouts from "./SmtpTimeouts.js"
 import type { Endpoints, SmtpTransport, TlsDetails, TlsOptions } from "./SmtpTransport.js"
 
 /**
@@ -39,47 +36,6 @@ import type { Endpoints, SmtpTransport, TlsDetails, TlsOptions } from "./SmtpTra
  * @category models
  */
 export type TlsMode = "implicit" | "starttls" | "opportunistic" | "none"
-
-/**
- * One timeout per phase (RFC 5321 §4.5.3.2 where it gives one).
- *
- * @since 0.1.0
- * @category models
- */
-export interface Timeouts {
-  /** TCP connect and, with implicit TLS, the handshake. Default 30 s. */
-  readonly connect: Duration.DurationInput
-  /** The server's 220 greeting. Default 5 min. */
-  readonly greeting: Duration.DurationInput
-  /** EHLO, HELO and LHLO. Default 5 min. */
-  readonly hello: Duration.DurationInput
-  /** STARTTLS and its handshake. Default 2 min. */
-  readonly startTls: Duration.DurationInput
-  /** Each step of an AUTH exchange. Default 5 min. */
-  readonly auth: Duration.DurationInput
-  /** MAIL FROM. Default 5 min. */
-  readonly mail: Duration.DurationInput
-  /** Each RCPT TO. Default 5 min. */
-  readonly rcpt: Duration.DurationInput
-  /** The 354 reply to DATA. Default 2 min. */
-  readonly dataStart: Duration.DurationInput
-  /** Each write of the message body. Default 3 min. */
-  readonly dataBlock: Duration.DurationInput
-  /** The reply after the end of data (or the last BDAT). Default 10 min. */
-  readonly dataEnd: Duration.DurationInput
-  /** RSET, NOOP, VRFY, EXPN, HELP and raw commands. Default 5 min. */
-  readonly command: Duration.DurationInput
-  /** QUIT when the connection is released. Default 5 s. */
-  readonly quit: Duration.DurationInput
-}
-
-/**
- * The default timeouts: RFC 5321 §4.5.3.2 for the phases it names.
- *
- * @since 0.1.0
- * @category constants
- */
-export const defaultTimeouts: Timeouts = internal.defaultTimeouts
 
 /**
  * Options of `make`.
@@ -103,7 +59,7 @@ export interface Options {
    * address literal of the local address. */
   readonly clientName?: string | undefined
   /** Per-phase timeouts, each overriding the default. */
-  readonly timeouts?: Partial<Timeouts> | undefined
+  readonly timeouts?: Partial<SmtpTimeouts.Timeouts> | undefined
   /** One timeout for every phase, overriding the others (Poco's `setTimeout`). */
   readonly timeout?: Duration.DurationInput | undefined
   /** Log a warning when one command takes this long or longer (Qore's warning queue); 0 warns for every command. */
@@ -165,216 +121,6 @@ export interface State {
 }
 
 /**
- * A message body: bytes, a string (sent as UTF-8), a stream of bytes, or a reader (a file, by `fileBody`).
- *
- * @since 0.1.0
- * @category models
- */
-export type Body<E = never, R = never> = Uint8Array | string | Stream.Stream<Uint8Array, E, R> | ReaderBody<E, R>
-
-/**
- * The mark of a `ReaderBody`.
- *
- * @since 0.1.0
- * @category type ids
- */
-export const ReaderBodyTypeId: unique symbol = body.ReaderBodyTypeId
-
-/**
- * The type of the mark of a `ReaderBody`.
- *
- * @since 0.1.0
- * @category type ids
- */
-export type ReaderBodyTypeId = typeof ReaderBodyTypeId
-
-/**
- * A body given as a source that fills the sender's buffers, as a file does: the sender reads it into one buffer
- * that it reuses, so a body of any size makes no garbage per chunk (a `Stream` hands over a new array per chunk).
- * Made by `fileBody`, or by `readerBody` for any source with a `read(buffer)`.
- *
- * @since 0.1.0
- * @category models
- */
-export interface ReaderBody<E = never, R = never> {
-  readonly [ReaderBodyTypeId]: ReaderBodyTypeId
-  /** The body's size in octets, declared with SIZE (RFC 1870) when the server offers it. */
-  readonly size: number | undefined
-  /**
-   * Opens the source in the send's scope, once per send, and returns its reader: it fills `buffer` from the start
-   * and returns how many octets it put there, 0 at the end.
-   */
-  readonly open: Effect.Effect<(buffer: Uint8Array) => Effect.Effect<number, E>, E, R | Scope.Scope>
-}
-
-/**
- * Makes a `ReaderBody` from a source that reads into a buffer it is given.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const readerBody = <E = never, R = never>(options: {
-  readonly size?: number | undefined
-  readonly open: ReaderBody<E, R>["open"]
-}): ReaderBody<E, R> => ({ [ReaderBodyTypeId]: ReaderBodyTypeId, size: options.size, open: options.open })
-
-/**
- * True for a `ReaderBody`.
- *
- * @since 0.1.0
- * @category guards
- */
-export const isReaderBody: (u: unknown) => u is ReaderBody<unknown, unknown> = body.isReaderBody
-
-/**
- * A recipient with its own RCPT parameters (DSN's NOTIFY and ORCPT, per recipient).
- *
- * @since 0.1.0
- * @category models
- */
-export interface Recipient {
-  readonly address: string
-  /** Replaces the envelope's `rcptParameters` for this recipient. */
-  readonly parameters?: SmtpCommand.RcptParameters | undefined
-}
-
-/**
- * The envelope of one transaction.
- *
- * @since 0.1.0
- * @category models
- */
-export interface Envelope {
-  /** The reverse-path; "" for the null reverse-path `<>`. */
-  readonly from: string
-  readonly to: ReadonlyArray<string | Recipient>
-  /**
-   * MAIL parameters. SIZE, BODY and SMTPUTF8 are worked out by `send` when not given; RET, ENVID and REQUIRETLS
-   * are the caller's to ask for.
-   */
-  readonly mailParameters?: SmtpCommand.MailParameters | undefined
-  /** RCPT parameters for every recipient that has none of its own. */
-  readonly rcptParameters?: SmtpCommand.RcptParameters | undefined
-}
-
-/**
- * How `send` runs a transaction.
- *
- * @since 0.1.0
- * @category models
- */
-export interface SendOptions {
-  /** Use BDAT (RFC 3030) when the server offers CHUNKING. Default true. */
-  readonly chunking?: boolean | undefined
-  /** Pipeline commands (RFC 2920) when the server offers PIPELINING. Default true. */
-  readonly pipelining?: boolean | undefined
-  /**
-   * `partial` (default): deliver to the recipients the server took and report the others. `all-or-nothing`: when
-   * any recipient is refused, RSET and fail; the envelope is then read before the body goes, one round trip more.
-   */
-  readonly policy?: "partial" | "all-or-nothing" | undefined
-  /** Let lines over 998 octets through. Default false: such a body fails with an `InvalidInputError`. */
-  readonly allowLongLines?: boolean | undefined
-  /**
-   * The body's type. Default: worked out for a body in memory (BINARYMIME when it has NUL octets or lines over 998
-   * octets and the server offers BINARYMIME with CHUNKING, 8BITMIME when it has 8-bit octets); a streamed body is
-   * declared 8BITMIME when the server offers it, and fails midway on an 8-bit octet when it does not. BINARYMIME
-   * (sent as is, never canonicalized) needs BINARYMIME and CHUNKING.
-   */
-  readonly bodyType?: SmtpCommand.BodyType | undefined
-  /** The size of a streamed body in octets, for SIZE; a body in memory is measured, a `ReaderBody` says its own. */
-  readonly size?: number | undefined
-}
-
-/**
- * How `sendAll` runs its messages.
- *
- * @since 0.1.0
- * @category models
- */
-export interface SendAllOptions extends SendOptions {
-  /** With BDAT, how many transactions may be in flight before the oldest is waited for. Default 16. */
-  readonly window?: number | undefined
-}
-
-/**
- * One message for `sendAll`.
- *
- * @since 0.1.0
- * @category models
- */
-export interface Submission<E = never, R = never> {
-  readonly envelope: Envelope
-  readonly body: Body<E, R>
-  /** Overrides the batch's options for this message. */
-  readonly options?: SendOptions | undefined
-}
-
-/**
- * A recipient the server took: its RCPT reply and, with LMTP, its own delivery reply.
- *
- * @since 0.1.0
- * @category models
- */
-export interface AcceptedRecipient {
-  readonly recipient: string
-  readonly reply: SmtpReply
-  readonly delivery: SmtpReply | undefined
-}
-
-/**
- * A recipient the server refused, at RCPT or (LMTP) at delivery, with the refusal's code, enhanced code and text.
- *
- * @since 0.1.0
- * @category models
- */
-export interface RejectedRecipient {
-  readonly recipient: string
-  readonly error: SmtpTransientError | SmtpPermanentError
-}
-
-/**
- * What happened to one transaction: the recipients the server took, those it refused (with why), its final reply
- * (which often holds the queue id), how it was sent, and how many round trips it waited for.
- *
- * @since 0.1.0
- * @category models
- */
-export interface SendResult {
-  readonly accepted: ReadonlyArray<AcceptedRecipient>
-  readonly rejected: ReadonlyArray<RejectedRecipient>
-  readonly response: SmtpReply
-  readonly method: "DATA" | "BDAT"
-  /** The writes this message waited on a reply for; with pipelining across messages they are shared. */
-  readonly roundTrips: number
-}
-
-/**
- * What a command that gets a reply can fail with: the reply was negative, or the connection failed.
- *
- * @since 0.1.0
- * @category models
- */
-export type ReplyError = NetworkError | TimeoutError | SmtpProtocolError | SmtpTransientError | SmtpPermanentError
-
-/**
- * What sending a message can fail with: a reply error, a connection failure, bad input, or a server that lacks what
- * the message needs.
- *
- * @since 0.1.0
- * @category models
- */
-export type SendError = ReplyError | InvalidInputError | SmtpCapabilityError
-
-/**
- * What reading any reply can fail with: the connection failed, without a negative reply.
- *
- * @since 0.1.0
- * @category models
- */
-export type ReadError = NetworkError | TimeoutError | SmtpProtocolError
-
-/**
  * A live session. Commands on one connection run one at a time (Qore's per-object mutex); a connection that saw a
  * timeout, a protocol violation, a network failure, a 421 or an interruption mid-command is closed and refuses
  * further commands with a `NetworkError`.
@@ -416,7 +162,7 @@ export interface SmtpConnection {
    * (`send` reports each recipient).
    */
   readonly data: <E = never, R = never>(
-    body: Body<E, R>,
+    body: SmtpSubmission.Body<E, R>,
     options?: { readonly allowLongLines?: boolean | undefined }
   ) => Effect.Effect<SmtpReply, ReplyError | InvalidInputError | E, R>
   /** One BDAT chunk (RFC 3030), sent as given; `last` ends the message. */
@@ -450,7 +196,7 @@ export interface SmtpConnection {
   /** Closes the socket at once, without QUIT (Qore's `forceDisconnect`). Never fails. */
   readonly abort: Effect.Effect<void>
   /** The timeouts in force, after defaults and overrides. */
-  readonly timeouts: { readonly [K in keyof Timeouts]: Duration.Duration }
+  readonly timeouts: { readonly [K in SmtpTimeouts.Phase]: Duration.Duration }
   /**
    * One message: every address and extension checked before anything is sent, then MAIL, every RCPT and DATA in one
    * write when the server offers PIPELINING (the body only after 354, and never when no recipient was taken), or
@@ -459,10 +205,10 @@ export interface SmtpConnection {
    * recipients are reported; when every recipient is refused the send fails (transient if any refusal was 4xx).
    */
   readonly send: <E = never, R = never>(
-    envelope: Envelope,
-    body: Body<E, R>,
-    options?: SendOptions
-  ) => Effect.Effect<SendResult, SendError | E, R>
+    envelope: SmtpSubmission.Envelope,
+    body: SmtpSubmission.Body<E, R>,
+    options?: SmtpSubmission.SendOptions
+  ) => Effect.Effect<SmtpSubmission.SendResult, SmtpSubmission.SendError | E, R>
   /**
    * Many messages on this connection, pipelined across transactions: with DATA, each end of data leaves with the next
    * message's envelope; with BDAT, up to `window` transactions are in flight. One result per message, in order; a
@@ -470,9 +216,9 @@ export interface SmtpConnection {
    * messages of one chunk are pipelined together, and every one is answered before the next chunk is pulled.
    */
   readonly sendAll: <E = never, R = never, R2 = never>(
-    submissions: Iterable<Submission<E, R>> | Stream.Stream<Submission<E, R>, never, R2>,
-    options?: SendAllOptions
-  ) => Stream.Stream<Either.Either<SendResult, SendError | E>, never, R | R2>
+    submissions: Iterable<SmtpSubmission.Submission<E, R>> | Stream.Stream<SmtpSubmission.Submission<E, R>, never, R2>,
+    options?: SmtpSubmission.SendAllOptions
+  ) => Stream.Stream<Either.Either<SmtpSubmission.SendResult, SmtpSubmission.SendError | E>, never, R | R2>
 }
 
 /**
@@ -492,21 +238,3 @@ export type ConnectError = ReplyError | TlsError | InvalidInputError | SmtpAuthE
  */
 export const make: (options: Options) => Effect.Effect<SmtpConnection, ConnectError, Scope.Scope | SmtpTransport> =
   internal.make
-
-/**
- * A file as a message body, read through `@effect/platform`'s `FileSystem` into the sender's reused buffer (constant
- * memory, no garbage per chunk, with backpressure), with its size, taken now, for SIZE:
- * `send(envelope, yield* fileBody(path))`. The file is opened when the send starts and closed when it ends.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const fileBody = (
-  path: string
-): Effect.Effect<ReaderBody<PlatformError>, PlatformError, FileSystem.FileSystem> =>
-  Effect.flatMap(FileSystem.FileSystem, (fs) =>
-    Effect.map(fs.stat(path), (info) =>
-      readerBody<PlatformError>({
-        size: Number(info.size),
-        open: Effect.map(fs.open(path, { flag: "r" }), (file) => (buffer) => Effect.map(file.read(buffer), Number))
-      })))

@@ -361,3 +361,19 @@ export const isRetryable = (u: unknown): u is NetworkError | TimeoutError | Smtp
  */
 export const isReplyError = (u: unknown): u is SmtpTransientError | SmtpPermanentError =>
   isSmtpError(u) && (u._tag === "SmtpTransientError" || u._tag === "SmtpPermanentError")
+
+/**
+ * What a command that gets a reply can fail with: the reply was negative, or the connection failed.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ReplyError = NetworkError | TimeoutError | SmtpProtocolError | SmtpTransientError | SmtpPermanentError
+
+/**
+ * What reading any reply can fail with: the connection failed, without a negative reply.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ReadError = NetworkError | TimeoutError | SmtpProtocolError

@@ -66,6 +66,16 @@ export * as SmtpRetry from "./SmtpRetry.js"
 /**
  * @since 0.1.0
  */
+export * as SmtpSubmission from "./SmtpSubmission.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SmtpTimeouts from "./SmtpTimeouts.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as SmtpTransport from "./SmtpTransport.js"
 
 /**

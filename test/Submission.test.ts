@@ -15,6 +15,7 @@ import { join } from "node:path"
 import * as BdatEncoder from "../src/BdatEncoder.js"
 import * as DataEncoder from "../src/DataEncoder.js"
 import * as SmtpConnection from "../src/SmtpConnection.js"
+import * as SmtpSubmission from "../src/SmtpSubmission.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
 import { latin1 } from "./support/bytes.js"
 import { random } from "./support/random.js"
@@ -557,7 +558,7 @@ describe("extensions", () => {
     Effect.gen(function*() {
       const dsn = yield* recording(["PIPELINING", "DSN"])
       const none = yield* recording(["PIPELINING"])
-      const envelope: SmtpConnection.Envelope = {
+      const envelope: SmtpSubmission.Envelope = {
         from: "a@example.org",
         to: [
           {
@@ -686,7 +687,7 @@ describe("bodies", () => {
         })
         const result = yield* Effect.scoped(Effect.gen(function*() {
           const c = yield* connect(server.port)
-          return yield* c.send({ from: "a@example.org", to: ["b@example.org"] }, yield* SmtpConnection.fileBody(path))
+          return yield* c.send({ from: "a@example.org", to: ["b@example.org"] }, yield* SmtpSubmission.fileBody(path))
         })).pipe(Effect.provide(NodeFileSystem.layer))
         expect(result.response.code).toBe(250)
         // Its content is not known in advance: declared 8BITMIME, which the server offers.
@@ -784,7 +785,7 @@ describe("streamed bodies through the connection's block", () => {
       const events: Array<string> = []
       const block = Buffer.from(`${"a".repeat(70)}\r\n`.repeat(2000))
       const reader = (failAt: number) =>
-        SmtpConnection.readerBody<"disk error">({
+        SmtpSubmission.readerBody<"disk error">({
           size: 10 * block.length,
           open: Effect.acquireRelease(
             Effect.sync(() => events.push("open")),

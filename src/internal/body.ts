@@ -1,27 +1,27 @@
 /**
  * The one place that walks a message body, whatever it was given as: bytes, a string, a `Stream`, or a reader
- * (`SmtpConnection.ReaderBody`, a file among them).
+ * (`SmtpSubmission.ReaderBody`, a file among them).
  */
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Stream from "effect/Stream"
-import type * as SmtpConnection from "../SmtpConnection.js"
+import type * as SmtpSubmission from "../SmtpSubmission.js"
 
 /** The most a reader body is read at a time, into one buffer per body, reused for every read. */
 export const READ_SIZE = 256 * 1024
 
 const utf8 = new TextEncoder()
 
-export const ReaderBodyTypeId: SmtpConnection.ReaderBodyTypeId = Symbol.for(
+export const ReaderBodyTypeId: SmtpSubmission.ReaderBodyTypeId = Symbol.for(
   "effect-smtp/SmtpConnection/ReaderBody"
-) as SmtpConnection.ReaderBodyTypeId
+) as SmtpSubmission.ReaderBodyTypeId
 
-/** True for a body made by `SmtpConnection.readerBody` or `SmtpConnection.fileBody`. */
-export const isReaderBody = (u: unknown): u is SmtpConnection.ReaderBody<unknown, unknown> =>
+/** True for a body made by `SmtpSubmission.readerBody` or `SmtpSubmission.fileBody`. */
+export const isReaderBody = (u: unknown): u is SmtpSubmission.ReaderBody<unknown, unknown> =>
   typeof u === "object" && u !== null && ReaderBodyTypeId in u
 
 /** The body as one array when it is already in memory, else undefined. */
-export const inMemory = <E, R>(body: SmtpConnection.Body<E, R>): Uint8Array | undefined =>
+export const inMemory = <E, R>(body: SmtpSubmission.Body<E, R>): Uint8Array | undefined =>
   typeof body === "string" ? utf8.encode(body) : body instanceof Uint8Array ? body : undefined
 
 /**
@@ -30,7 +30,7 @@ export const inMemory = <E, R>(body: SmtpConnection.Body<E, R>): Uint8Array | un
  * copy or write out what it keeps.
  */
 export const forEachChunk = <E, R, E2, R2>(
-  body: SmtpConnection.Body<E, R>,
+  body: SmtpSubmission.Body<E, R>,
   f: (chunk: Uint8Array) => Effect.Effect<void, E2, R2>
 ): Effect.Effect<void, E | E2, R | R2> => {
   const bytes = inMemory(body)
@@ -42,7 +42,7 @@ export const forEachChunk = <E, R, E2, R2>(
       (chunk) => chunk.length === 1 ? f(Chunk.unsafeGet(chunk, 0)) : Effect.forEach(chunk, f, { discard: true })
     )
   }
-  const reader = body as SmtpConnection.ReaderBody<E, R>
+  const reader = body as SmtpSubmission.ReaderBody<E, R>
   return Effect.scoped(Effect.flatMap(reader.open, (read) => {
     // A small file gets a small buffer; one that grew since its size was taken just takes more reads.
     const buffer = Buffer.allocUnsafe(Math.min(READ_SIZE, Math.max(4096, (reader.size ?? READ_SIZE) + 1)))

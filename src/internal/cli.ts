@@ -31,6 +31,7 @@ import * as SmtpConfig from "../SmtpConfig.js"
 import * as SmtpConnection from "../SmtpConnection.js"
 import { isSmtpError, SmtpAuthError, TlsError } from "../SmtpError.js"
 import type { SmtpReply } from "../SmtpReply.js"
+import type * as SmtpSubmission from "../SmtpSubmission.js"
 import type { SmtpTransport, TlsDetails, TlsOptions } from "../SmtpTransport.js"
 
 // -----------------------------------------------------------------------------
@@ -593,7 +594,7 @@ const readMessage = (path: Option.Option<string>): Effect.Effect<Uint8Array, Inp
   })
 
 /** What the server said about one transaction, and the mechanism that signed in (null when none did). */
-export const sendJson = (result: SmtpConnection.SendResult, authenticated: string | undefined) => ({
+export const sendJson = (result: SmtpSubmission.SendResult, authenticated: string | undefined) => ({
   accepted: result.accepted.map((entry) => entry.recipient),
   rejected: result.rejected.map((entry) => ({
     recipient: entry.recipient,
@@ -613,7 +614,7 @@ const replyLine = (code: number, enhancedCode: string | undefined, lines: Readon
 /** The outcome for people. */
 export const sendText = (
   settings: SmtpConfig.UrlSettings,
-  result: SmtpConnection.SendResult,
+  result: SmtpSubmission.SendResult,
   authenticated?: { readonly user: string; readonly mechanism: string }
 ): string => {
   const total = result.accepted.length + result.rejected.length

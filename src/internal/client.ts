@@ -27,6 +27,7 @@ import * as SmtpConnection from "../SmtpConnection.js"
 import type { SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
 import * as SmtpReply from "../SmtpReply.js"
 import * as SmtpRetry from "../SmtpRetry.js"
+import type * as SmtpSubmission from "../SmtpSubmission.js"
 import type { SmtpTransport } from "../SmtpTransport.js"
 import * as Body from "./body.js"
 import * as Submission from "./submission.js"
@@ -115,7 +116,7 @@ const refusedTransient = Metric.tagged(recipientsRefused, "class", "transient")
 const refusedPermanent = Metric.tagged(recipientsRefused, "class", "permanent")
 
 /** Counts the refusals that stood, by class. */
-const countRefusals = (rejected: ReadonlyArray<SmtpConnection.RejectedRecipient>) => {
+const countRefusals = (rejected: ReadonlyArray<SmtpSubmission.RejectedRecipient>) => {
   const transient = rejected.filter(isTransient).length
   const permanent = rejected.length - transient
   return Effect.zipRight(
@@ -216,9 +217,9 @@ export const make = (
      * connection, the send counts as waiting.
      */
     const attempt = <E, R>(
-      envelope: SmtpConnection.Envelope,
-      body: SmtpConnection.Body<E, R>,
-      sendOptions: SmtpConnection.SendOptions | undefined
+      envelope: SmtpSubmission.Envelope,
+      body: SmtpSubmission.Body<E, R>,
+      sendOptions: SmtpSubmission.SendOptions | undefined
     ) => {
       const waited = Effect.suspend(() => {
         let stillWaiting = true
@@ -250,10 +251,10 @@ export const make = (
               : Effect.isSuccess(driver.next(error))
           )
         const entries = new Map(envelope.to.map((entry) => [typeof entry === "string" ? entry : entry.address, entry]))
-        const accepted: Array<SmtpConnection.AcceptedRecipient> = []
-        const refused: Array<SmtpConnection.RejectedRecipient> = []
+        const accepted: Array<SmtpSubmission.AcceptedRecipient> = []
+        const refused: Array<SmtpSubmission.RejectedRecipient> = []
         let current = envelope
-        let last: SmtpConnection.SendResult | undefined
+        let last: SmtpSubmission.SendResult | undefined
         let attempts = 0
         for (;;) {
           attempts++
@@ -330,7 +331,7 @@ const fromSend = (send: SmtpClient.SmtpClient["send"]): SmtpClient.SmtpClient =>
       ))
 })
 
-const isTransient = (r: SmtpConnection.RejectedRecipient): boolean => r.error._tag === "SmtpTransientError"
+const isTransient = (r: SmtpSubmission.RejectedRecipient): boolean => r.error._tag === "SmtpTransientError"
 
 export const Tag = Context.GenericTag<SmtpClient.SmtpClient>("effect-smtp/SmtpClient")
 export const TestTag = Context.GenericTag<SmtpClient.TestClient>("effect-smtp/SmtpClient/TestClient")
@@ -351,7 +352,7 @@ const reply = (code: number, enhancedCode: string, text: string) =>
   new SmtpReply.SmtpReply({ code, enhancedCode, lines: [text] })
 
 /** The body, read whole (a chunk is only lent, so each is copied). */
-const bodyBytes = <E, R>(body: SmtpConnection.Body<E, R>): Effect.Effect<Uint8Array, E, R> => {
+const bodyBytes = <E, R>(body: SmtpSubmission.Body<E, R>): Effect.Effect<Uint8Array, E, R> => {
   const chunks: Array<Buffer> = []
   return Effect.map(
     Body.forEachChunk(body, (chunk) => Effect.sync(() => void chunks.push(Buffer.from(chunk)))),
@@ -382,8 +383,8 @@ export const layerTest: Layer.Layer<SmtpClient.SmtpClient | SmtpClient.TestClien
         ])
         const bytes = yield* bodyBytes(body)
         yield* DataEncoder.encode(bytes, { allowLongLines: sendOptions?.allowLongLines })
-        const accepted: Array<SmtpConnection.AcceptedRecipient> = []
-        const rejected: Array<SmtpConnection.RejectedRecipient> = []
+        const accepted: Array<SmtpSubmission.AcceptedRecipient> = []
+        const rejected: Array<SmtpSubmission.RejectedRecipient> = []
         for (const recipient of recipients) {
           const error = refuse?.(recipient)
           if (error === undefined) accepted.push({ recipient, reply: reply(250, "2.1.5", "Ok"), delivery: undefined })

@@ -26,8 +26,11 @@ import {
   TimeoutError,
   TlsError
 } from "../SmtpError.js"
-import type { SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
+import type { ReadError, ReplyError, SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
 import * as SmtpReply from "../SmtpReply.js"
+import type * as SmtpSubmission from "../SmtpSubmission.js"
+import * as SmtpTimeouts from "../SmtpTimeouts.js"
+import type { Phase, Timeouts } from "../SmtpTimeouts.js"
 import { SmtpTransport } from "../SmtpTransport.js"
 import type { SmtpSocket, TlsDetails, TlsOptions } from "../SmtpTransport.js"
 import * as Body from "./body.js"
@@ -38,26 +41,6 @@ import * as Transcript from "./transcript.js"
 
 /** Results of `sendAll` that may wait for their reader before the batch waits too. */
 const RESULTS_AHEAD = 64
-
-type Timeouts = SmtpConnection.Timeouts
-type Phase = keyof Timeouts
-type ReplyError = SmtpConnection.ReplyError
-type ReadError = SmtpConnection.ReadError
-
-export const defaultTimeouts: Timeouts = {
-  connect: "30 seconds",
-  greeting: "5 minutes",
-  hello: "5 minutes",
-  startTls: "2 minutes",
-  auth: "5 minutes",
-  mail: "5 minutes",
-  rcpt: "5 minutes",
-  dataStart: "2 minutes",
-  dataBlock: "3 minutes",
-  dataEnd: "10 minutes",
-  command: "5 minutes",
-  quit: "5 seconds"
-}
 
 /** What each phase is called in a `TimeoutError`. */
 const phaseNames: Record<Phase, string> = {
@@ -126,12 +109,14 @@ export const make = (
     const lmtp = options.lmtp ?? false
     const port = options.port ?? (tlsMode === "implicit" ? 465 : 25)
     const timeouts: Timeouts = options.timeout === undefined
-      ? { ...defaultTimeouts, ...options.timeouts }
-      : Object.fromEntries(Object.keys(defaultTimeouts).map((key) => [key, options.timeout])) as unknown as Timeouts
+      ? { ...SmtpTimeouts.defaults, ...options.timeouts }
+      : Object.fromEntries(
+        Object.keys(SmtpTimeouts.defaults).map((key) => [key, options.timeout])
+      ) as unknown as Timeouts
     const timeoutOf = (phase: Phase) => Duration.decode(timeouts[phase])
     /** Each phase's timeout in milliseconds, worked out once: every read and write needs its own. */
     const timeoutMillis = Object.fromEntries(
-      Object.keys(defaultTimeouts).map((key) => [key, Duration.toMillis(timeoutOf(key as Phase))])
+      Object.keys(SmtpTimeouts.defaults).map((key) => [key, Duration.toMillis(timeoutOf(key as Phase))])
     ) as Record<Phase, number>
     const slowThreshold = options.slowCommandThreshold === undefined
       ? undefined
@@ -434,7 +419,7 @@ export const make = (
       )
 
     /** Writes a body after a 354: canonical, dot-stuffed, bounded per write; then reads the end-of-data reply. */
-    const sendBody = <E, R>(body: SmtpConnection.Body<E, R>, allowLongLines: boolean) =>
+    const sendBody = <E, R>(body: SmtpSubmission.Body<E, R>, allowLongLines: boolean) =>
       Effect.gen(function*() {
         const dataEncoder = DataEncoder.make({ allowLongLines })
         let octets = 0
@@ -454,7 +439,7 @@ export const make = (
      * DATA, the body, and the replies to the end of data: one, or with LMTP one per accepted recipient, in RCPT order
      * (RFC 2033 §4.2), all read so that the session stays in step.
      */
-    const dataReplies = <E, R>(body: SmtpConnection.Body<E, R>, allowLongLines: boolean) =>
+    const dataReplies = <E, R>(body: SmtpSubmission.Body<E, R>, allowLongLines: boolean) =>
       use(
         Effect.gen(function*() {
           const go = yield* exchange(SmtpCommand.data)
@@ -477,7 +462,7 @@ export const make = (
       )
 
     const data = <E = never, R = never>(
-      body: SmtpConnection.Body<E, R>,
+      body: SmtpSubmission.Body<E, R>,
       dataOptions?: { readonly allowLongLines?: boolean | undefined }
     ) =>
       Effect.flatMap(dataReplies(body, dataOptions?.allowLongLines ?? false), (replies) => {
@@ -602,10 +587,10 @@ export const make = (
     /** Runs a batch through the engine in one use of the connection; on a closed one, every message fails at once. */
     const runBatch = <E, R, R2>(
       submissions:
-        | Iterable<SmtpConnection.Submission<E, R>>
-        | Stream.Stream<SmtpConnection.Submission<E, R>, never, R2>,
-      batchOptions: SmtpConnection.SendAllOptions,
-      emit: (result: Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>) => Effect.Effect<void>
+        | Iterable<SmtpSubmission.Submission<E, R>>
+        | Stream.Stream<SmtpSubmission.Submission<E, R>, never, R2>,
+      batchOptions: SmtpSubmission.SendAllOptions,
+      emit: (result: Either.Either<SmtpSubmission.SendResult, SmtpSubmission.SendError | E>) => Effect.Effect<void>
     ) => {
       const batch = Effect.scoped(
         Effect.flatMap(Submission.source(submissions), (pull) => Submission.run(session, pull, batchOptions, emit))
@@ -614,12 +599,12 @@ export const make = (
     }
 
     const send = <E = never, R = never>(
-      envelope: SmtpConnection.Envelope,
-      body: SmtpConnection.Body<E, R>,
-      sendOptions?: SmtpConnection.SendOptions
-    ): Effect.Effect<SmtpConnection.SendResult, SmtpConnection.SendError | E, R> =>
+      envelope: SmtpSubmission.Envelope,
+      body: SmtpSubmission.Body<E, R>,
+      sendOptions?: SmtpSubmission.SendOptions
+    ): Effect.Effect<SmtpSubmission.SendResult, SmtpSubmission.SendError | E, R> =>
       Effect.suspend(() => {
-        let outcome: Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E> | undefined
+        let outcome: Either.Either<SmtpSubmission.SendResult, SmtpSubmission.SendError | E> | undefined
         return runBatch<E, R, never>(
           [{ envelope, body }],
           sendOptions ?? {},
@@ -643,13 +628,13 @@ export const make = (
 
     const sendAll = <E = never, R = never, R2 = never>(
       submissions:
-        | Iterable<SmtpConnection.Submission<E, R>>
-        | Stream.Stream<SmtpConnection.Submission<E, R>, never, R2>,
-      batchOptions?: SmtpConnection.SendAllOptions
-    ): Stream.Stream<Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>, never, R | R2> =>
+        | Iterable<SmtpSubmission.Submission<E, R>>
+        | Stream.Stream<SmtpSubmission.Submission<E, R>, never, R2>,
+      batchOptions?: SmtpSubmission.SendAllOptions
+    ): Stream.Stream<Either.Either<SmtpSubmission.SendResult, SmtpSubmission.SendError | E>, never, R | R2> =>
       Stream.unwrapScoped(Effect.gen(function*() {
         const results = yield* Queue.bounded<
-          Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E> | typeof QueueStream.END
+          Either.Either<SmtpSubmission.SendResult, SmtpSubmission.SendError | E> | typeof QueueStream.END
         >(RESULTS_AHEAD)
         yield* runBatch(submissions, batchOptions ?? {}, (result) => Queue.offer(results, result)).pipe(
           Effect.zipRight(Queue.offer(results, QueueStream.END)),
@@ -728,7 +713,7 @@ export const make = (
         use(Effect.zipRight(record("client", `<${bytes.length} raw octets>`), writeBytes([bytes], "dataBlock"))),
       abort: breakConnection("abort"),
       timeouts: Object.fromEntries(
-        Object.keys(defaultTimeouts).map((key) => [key, timeoutOf(key as Phase)])
+        Object.keys(SmtpTimeouts.defaults).map((key) => [key, timeoutOf(key as Phase)])
       ) as { readonly [K in Phase]: Duration.Duration },
       send,
       sendAll

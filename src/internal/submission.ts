@@ -21,7 +21,6 @@ import * as Capabilities from "../Capabilities.js"
 import * as DataEncoder from "../DataEncoder.js"
 import * as Mailbox from "../Mailbox.js"
 import * as SmtpCommand from "../SmtpCommand.js"
-import type * as SmtpConnection from "../SmtpConnection.js"
 import {
   InvalidInputError,
   NetworkError,
@@ -32,10 +31,11 @@ import {
   TimeoutError
 } from "../SmtpError.js"
 import * as SmtpReply from "../SmtpReply.js"
+import type * as SmtpSubmission from "../SmtpSubmission.js"
+import type { Phase } from "../SmtpTimeouts.js"
 import * as Body from "./body.js"
 import { LineCanonicalizer, maxOutput } from "./lineCanonicalizer.js"
 
-type Phase = keyof SmtpConnection.Timeouts
 type RefusalError = SmtpTransientError | SmtpPermanentError
 /** What ends a batch: the connection can no longer be trusted. */
 type Fatal = NetworkError | TimeoutError | SmtpProtocolError | RefusalError
@@ -116,7 +116,7 @@ type PreparedBody<E, R> =
   | {
     readonly _tag: "Streamed"
     /** A `Stream` or a `ReaderBody`. */
-    readonly body: SmtpConnection.Body<E, R>
+    readonly body: SmtpSubmission.Body<E, R>
     /** The server lacks 8BITMIME and the body was not declared 8-bit: an 8-bit octet ends the send. */
     readonly sevenBitOnly: boolean
   }
@@ -176,9 +176,9 @@ interface Address {
 
 /** Checks the whole message against the server and builds every command; nothing is sent. */
 export const plan = <E, R>(
-  envelope: SmtpConnection.Envelope,
-  body: SmtpConnection.Body<E, R>,
-  options: SmtpConnection.SendOptions,
+  envelope: SmtpSubmission.Envelope,
+  body: SmtpSubmission.Body<E, R>,
+  options: SmtpSubmission.SendOptions,
   capabilities: Capabilities.Capabilities,
   secure: boolean
 ): Either.Either<Plan<E, R>, InvalidInputError | SmtpCapabilityError> => {
@@ -344,8 +344,8 @@ export const plan = <E, R>(
 /** One message of a batch. */
 interface Transaction {
   readonly method: "DATA" | "BDAT"
-  readonly accepted: Array<SmtpConnection.AcceptedRecipient>
-  readonly rejected: Array<SmtpConnection.RejectedRecipient>
+  readonly accepted: Array<SmtpSubmission.AcceptedRecipient>
+  readonly rejected: Array<SmtpSubmission.RejectedRecipient>
   mailError: RefusalError | undefined
   dataReply: SmtpReply.SmtpReply | undefined
   chunkError: RefusalError | undefined
@@ -364,7 +364,7 @@ interface Transaction {
   /** Set once the result is out. */
   done: boolean
   /** For a message refused before sending: why; it only waits for its turn. */
-  readonly refused?: SmtpConnection.SendError | undefined
+  readonly refused?: SmtpSubmission.SendError | undefined
 }
 
 /** A reply still due, and what to do with it. */
@@ -387,7 +387,7 @@ interface TurnDue {
 type Due = ReplyDue | TurnDue
 
 /** Refused by every recipient: transient if any refusal was 4xx (RFC 5321 §4.2.5), else the first refusal. */
-export const refusedByAll = (rejected: ReadonlyArray<SmtpConnection.RejectedRecipient>): RefusalError => {
+export const refusedByAll = (rejected: ReadonlyArray<SmtpSubmission.RejectedRecipient>): RefusalError => {
   const transient = rejected.find((r) => r.error._tag === "SmtpTransientError")
   return (transient ?? rejected[0]!).error
 }
@@ -395,9 +395,9 @@ export const refusedByAll = (rejected: ReadonlyArray<SmtpConnection.RejectedReci
 /** Runs a batch of messages on a session held for the whole batch, reporting each result in order through `emit`. */
 export const run = <E, R, R2>(
   session: Session,
-  source: Effect.Effect<Option.Option<ReadonlyArray<SmtpConnection.Submission<E, R>>>, never, R2>,
-  options: SmtpConnection.SendAllOptions,
-  emit: (result: Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>) => Effect.Effect<void>
+  source: Effect.Effect<Option.Option<ReadonlyArray<SmtpSubmission.Submission<E, R>>>, never, R2>,
+  options: SmtpSubmission.SendAllOptions,
+  emit: (result: Either.Either<SmtpSubmission.SendResult, SmtpSubmission.SendError | E>) => Effect.Effect<void>
 ): Effect.Effect<void, never, R | R2> =>
   Effect.gen(function*() {
     const window = Math.max(1, options.window ?? 16)
@@ -468,7 +468,7 @@ export const run = <E, R, R2>(
 
     const finish = (
       transaction: Transaction,
-      result: Either.Either<SmtpConnection.SendResult, SmtpConnection.SendError | E>
+      result: Either.Either<SmtpSubmission.SendResult, SmtpSubmission.SendError | E>
     ) =>
       Effect.suspend(() => {
         if (transaction.done) return Effect.void
@@ -488,7 +488,7 @@ export const run = <E, R, R2>(
           method: transaction.method
         })
       )
-    const fail = (transaction: Transaction, error: SmtpConnection.SendError | E) =>
+    const fail = (transaction: Transaction, error: SmtpSubmission.SendError | E) =>
       finish(transaction, Either.left(error))
 
     const readDue: Effect.Effect<void, Fatal> = Effect.suspend(() => {
@@ -606,7 +606,7 @@ export const run = <E, R, R2>(
         while (replies.length < transaction.accepted.length) {
           replies.push(yield* session.readReply("dataEnd", verb, true))
         }
-        const delivered: Array<SmtpConnection.AcceptedRecipient> = []
+        const delivered: Array<SmtpSubmission.AcceptedRecipient> = []
         for (const [i, entry] of transaction.accepted.entries()) {
           const reply = replies[i]!
           if (SmtpReply.isPositiveCompletion(reply)) {
@@ -879,7 +879,7 @@ export const run = <E, R, R2>(
         else yield* sendBdat(transaction, p)
       })
 
-    const runOne = (submission: SmtpConnection.Submission<E, R>) =>
+    const runOne = (submission: SmtpSubmission.Submission<E, R>) =>
       Effect.suspend(() => {
         const merged = submission.options === undefined ? options : { ...options, ...submission.options }
         const planned = plan(submission.envelope, submission.body, merged, session.capabilities(), secure)
@@ -916,7 +916,7 @@ export const run = <E, R, R2>(
      * After a failure that ends the session: every message not yet answered fails, in order, and says whether the
      * server may have taken it (its whole data had been written).
      */
-    const failOpen = (error: SmtpConnection.SendError) =>
+    const failOpen = (error: SmtpSubmission.SendError) =>
       Effect.gen(function*() {
         due.length = 0
         out = []
@@ -932,7 +932,7 @@ export const run = <E, R, R2>(
           if (tag === "NetworkError" || tag === "TimeoutError" || tag === "SmtpProtocolError") {
             yield* session.breakConnection(`a ${tag}`)
           }
-          yield* failOpen(error as SmtpConnection.SendError)
+          yield* failOpen(error as SmtpSubmission.SendError)
         }))
 
     while (true) {
@@ -956,7 +956,7 @@ export const run = <E, R, R2>(
   })
 
 /** A connection failure as seen by one message: flagged when the message may have been delivered, or not. */
-const deliveredOrNot = (error: SmtpConnection.SendError, endSent: boolean): SmtpConnection.SendError => {
+const deliveredOrNot = (error: SmtpSubmission.SendError, endSent: boolean): SmtpSubmission.SendError => {
   if (error._tag === "NetworkError" && (error.mayHaveBeenDelivered === true) !== endSent) {
     return new NetworkError({ ...error, mayHaveBeenDelivered: endSent })
   }
@@ -971,7 +971,7 @@ const isStream = <A, R>(u: Iterable<A> | Stream.Stream<A, never, R>): u is Strea
 
 /** A source of submissions from an iterable (one batch) or a stream (a batch per chunk), for `run`. */
 export const source = <E, R, R2>(
-  submissions: Iterable<SmtpConnection.Submission<E, R>> | Stream.Stream<SmtpConnection.Submission<E, R>, never, R2>
+  submissions: Iterable<SmtpSubmission.Submission<E, R>> | Stream.Stream<SmtpSubmission.Submission<E, R>, never, R2>
 ) =>
   isStream(submissions)
     ? Effect.map(

@@ -1,5 +1,5 @@
 import * as Effect from "effect/Effect"
-import * as SmtpConnection from "../../src/SmtpConnection.js"
+import * as SmtpSubmission from "../../src/SmtpSubmission.js"
 
 /**
  * A reader body over `bytes`: each open starts from the beginning (and calls `onOpen`), and each read hands out the
@@ -12,8 +12,8 @@ export const readerOver = (
     readonly size?: number
     readonly onOpen?: () => void
   } = {}
-): SmtpConnection.ReaderBody =>
-  SmtpConnection.readerBody({
+): SmtpSubmission.ReaderBody =>
+  SmtpSubmission.readerBody({
     size: options.size,
     open: Effect.sync(() => {
       options.onOpen?.()
