@@ -8,6 +8,7 @@ import * as Fiber from "effect/Fiber"
 import * as Logger from "effect/Logger"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as TestClock from "effect/TestClock"
 import * as Tracer from "effect/Tracer"
 import { mkdtempSync, rmSync } from "node:fs"
 import * as net from "node:net"
@@ -230,6 +231,54 @@ describe("SmtpConnection against smtp-server", () => {
         )
       ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
       expect(messages.some((m) => /^SMTP NOOP took \d+ ms$/.test(m))).toBe(true)
+    }))
+
+  it.scoped("the Clock times a command: a TestClock moved while it waits makes it slow and stamps the transcript", () =>
+    Effect.gen(function*() {
+      let noopRead = () => {}
+      const noopSeen = new Promise<void>((resolve) => (noopRead = resolve))
+      let release = () => {}
+      const released = new Promise<void>((resolve) => (release = resolve))
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session)
+        await session.readLine()
+        noopRead()
+        await released
+        await session.reply("250 2.0.0 OK")
+        await session.readLine()
+        await session.reply("221 2.0.0 Bye")
+      })
+      const messages: Array<string> = []
+      const logger = Logger.make(({ message }) => messages.push(String(message)))
+      const entries: Array<SmtpConnection.TranscriptEntry> = []
+      yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({
+          host: "127.0.0.1",
+          port: server.port,
+          slowCommandThreshold: "1 second",
+          onTranscript: (entry) => Effect.sync(() => entries.push(entry))
+        })
+        const noop = yield* Effect.fork(c.noop())
+        yield* Effect.promise(() => noopSeen)
+        yield* TestClock.adjust("2 seconds")
+        release()
+        yield* Fiber.join(noop)
+      })).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      // EHLO and QUIT took no time on the test clock; NOOP took exactly the two seconds the clock was moved by.
+      expect(messages.filter((m) => m.startsWith("SMTP "))).toEqual(["SMTP NOOP took 2000 ms"])
+      expect(entries.map((e) => [e.direction, e.line.slice(0, 4), e.at])).toEqual([
+        ["server", "220 ", 0],
+        ["client", "EHLO", 0],
+        ["server", "250-", 0],
+        ["server", "250-", 0],
+        ["server", "250-", 0],
+        ["server", "250 ", 0],
+        ["client", "NOOP", 0],
+        ["server", "250 ", 2000],
+        ["client", "QUIT", 2000],
+        ["server", "221 ", 2000]
+      ])
     }))
 
   it.scopedLive("makes each command a span with its verb, reply code and server", () =>

@@ -105,6 +105,9 @@ export const make = (
 ): Effect.Effect<SmtpConnection.SmtpConnection, SmtpConnection.ConnectError, Scope.Scope | SmtpTransport> =>
   Effect.gen(function*() {
     const transport = yield* SmtpTransport
+    // Taken once: the hot path reads the time through it without an effect, and a `TestClock` drives it in tests.
+    const clock = yield* Effect.clock
+    const now = (): number => clock.unsafeCurrentTimeMillis()
     const tlsMode = options.tls ?? "opportunistic"
     const lmtp = options.lmtp ?? false
     const port = options.port ?? (tlsMode === "implicit" ? 465 : 25)
@@ -132,7 +135,7 @@ export const make = (
     // stream does.
     let noted: Array<SmtpConnection.TranscriptEntry> = []
     const note = (direction: "client" | "server", line: string): void => {
-      const entry = { direction, line, at: Date.now() }
+      const entry = { direction, line, at: now() }
       if (onTranscript === undefined) transcript.add(entry)
       else noted.push(entry)
     }
@@ -214,9 +217,9 @@ export const make = (
         if (parseFailure !== undefined) {
           return Effect.fail(new SmtpProtocolError({ reason: parseFailure.reason, command: verb }))
         }
-        const started = Date.now()
+        const started = now()
         return Effect.flatMap(socket.read(Math.max(0, deadline - started), onTimeout), (chunk) => {
-          usage.receivingMillis += Date.now() - started
+          usage.receivingMillis += now() - started
           usage.bytesReceived += chunk.length
           const step = parser.push(chunk)
           parsed = step.replies.length === 0 ? parsed : parsed.concat(step.replies)
@@ -246,16 +249,16 @@ export const make = (
         const ready = parsed.shift()
         if (ready !== undefined) return replied(ready, onSpan)
         return Effect.flatMap(
-          nextReply(verb, Date.now() + timeoutMillis[phase], timeoutError(phase, mayHaveBeenDelivered)),
+          nextReply(verb, now() + timeoutMillis[phase], timeoutError(phase, mayHaveBeenDelivered)),
           (reply) => replied(reply, onSpan)
         )
       })
 
     const writeBytes = (chunks: ReadonlyArray<Uint8Array>, phase: Phase) =>
       Effect.suspend(() => {
-        const started = Date.now()
+        const started = now()
         const written = Effect.map(socket.write(chunks, timeoutMillis[phase], timeoutError(phase, false)), () => {
-          usage.sendingMillis += Date.now() - started
+          usage.sendingMillis += now() - started
           for (const chunk of chunks) usage.bytesSent += chunk.length
         })
         return onTranscript === undefined ? written : Effect.zipRight(publishTranscript, written)
@@ -307,7 +310,7 @@ export const make = (
 
     const warnIfSlow = (verb: string, started: number) =>
       Effect.suspend(() => {
-        const took = Date.now() - started
+        const took = now() - started
         return slowThreshold !== undefined && took >= slowThreshold
           ? Effect.logWarning(`SMTP ${verb} took ${took} ms`).pipe(
             Effect.annotateLogs({ "smtp.command": verb, "server.address": options.host, "duration.ms": took })
@@ -321,7 +324,7 @@ export const make = (
     ): Effect.Effect<ReadonlyArray<SmtpReply.SmtpReply>, ReadError | InvalidInputError> =>
       Effect.gen(function*() {
         const bytes = yield* SmtpCommand.encodeGroup(commands)
-        const started = Date.now()
+        const started = now()
         for (const command of commands) yield* record("client", SmtpCommand.toTranscript(command))
         yield* writeBytes([bytes], phaseOf(commands[0]!))
         const replies: Array<SmtpReply.SmtpReply> = []
