@@ -8,11 +8,10 @@
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
-import type * as Effect from "effect/Effect"
+import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Redacted from "effect/Redacted"
 import * as internal from "./internal/sasl.js"
-import type * as SmtpConfig from "./SmtpConfig.js"
 
 /**
  * A SASL mechanism: a sans-IO state machine over the 334 challenges.
@@ -47,7 +46,7 @@ export type Step = internal.Step
 export type StartOptions = internal.StartOptions
 
 /**
- * A user with a password, or with an OAuth access token, as a mechanism receives them.
+ * A user with a password, or with an OAuth access token: what a mechanism receives, and what an SMTP URL carries.
  *
  * @since 0.1.0
  * @category models
@@ -234,16 +233,16 @@ export const layer = (settings: Settings): Layer.Layer<SmtpAuth> => Layer.succee
 export type Options = Omit<Settings, "username" | "password" | "token">
 
 /**
- * Settings from the credentials of an SMTP URL (`SmtpConfig.fromUrl`).
+ * Settings from credentials, such as those of an SMTP URL (`SmtpConfig.fromUrl`); a token is sent as it is, never
+ * refreshed.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const fromCredentials = (credentials: SmtpConfig.Credentials, options: Options = {}): Settings => ({
-  ...options,
-  username: credentials.user,
-  password: credentials.password
-})
+export const fromCredentials = (credentials: Credentials, options: Options = {}): Settings =>
+  "token" in credentials
+    ? { ...options, username: credentials.username, token: Effect.succeed(credentials.token) }
+    : { ...options, username: credentials.username, password: credentials.password }
 
 /**
  * Settings from Effect `Config`: the user from `SMTP_USER` and the password, redacted, from `SMTP_PASSWORD` (or the

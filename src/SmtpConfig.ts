@@ -8,19 +8,9 @@ import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
 import * as Either from "effect/Either"
 import * as Redacted from "effect/Redacted"
-import type * as SmtpConnection from "./SmtpConnection.js"
+import type * as SmtpAuth from "./SmtpAuth.js"
 import { InvalidInputError } from "./SmtpError.js"
-
-/**
- * A user name and password, the password redacted.
- *
- * @since 0.1.0
- * @category models
- */
-export interface Credentials {
-  readonly user: string
-  readonly password: Redacted.Redacted<string>
-}
+import type { TlsMode } from "./SmtpTransport.js"
 
 /**
  * What a URL says: where to connect, how to use TLS, and the credentials if it carried them.
@@ -31,8 +21,9 @@ export interface Credentials {
 export interface UrlSettings {
   readonly host: string
   readonly port: number
-  readonly tls: SmtpConnection.TlsMode
-  readonly credentials: Credentials | undefined
+  readonly tls: TlsMode
+  /** The user and the password of the URL, the password redacted. */
+  readonly credentials: SmtpAuth.Credentials | undefined
 }
 
 /**
@@ -41,7 +32,7 @@ export interface UrlSettings {
  * @since 0.1.0
  * @category constants
  */
-export const schemes: Readonly<Record<string, { readonly port: number; readonly tls: SmtpConnection.TlsMode }>> = {
+export const schemes: Readonly<Record<string, { readonly port: number; readonly tls: TlsMode }>> = {
   smtp: { port: 25, tls: "opportunistic" },
   smtps: { port: 465, tls: "implicit" },
   smtptls: { port: 25, tls: "starttls" },
@@ -86,12 +77,12 @@ export const fromUrl = (url: string): Either.Either<UrlSettings, InvalidInputErr
   if (hasUser !== hasPassword) {
     return invalid(hasUser ? "it names a user but no password" : "it has a password but no user")
   }
-  let credentials: Credentials | undefined
+  let credentials: SmtpAuth.Credentials | undefined
   if (hasUser) {
     const user = decode(parsed.username)
     const password = decode(parsed.password)
     if (user === undefined || password === undefined) return invalid("its credentials are not valid percent-encoding")
-    credentials = { user, password: Redacted.make(password) }
+    credentials = { username: user, password: Redacted.make(password) }
   }
   const host = parsed.hostname.startsWith("[") ? parsed.hostname.slice(1, -1) : parsed.hostname
   const port = parsed.port === "" ? meaning.port : Number(parsed.port)
@@ -111,14 +102,3 @@ export const url = (name = "SMTP_URL"): Config.Config<UrlSettings> =>
       Either.mapLeft(fromUrl(Redacted.value(value)), (error) => ConfigError.InvalidData([], error.reason))
     )
   )
-
-/**
- * Connection options from a URL and the other options.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const toOptions = (
-  settings: UrlSettings,
-  options: Omit<SmtpConnection.Options, "host" | "port" | "tls"> = {}
-): SmtpConnection.Options => ({ ...options, host: settings.host, port: settings.port, tls: settings.tls })

@@ -14,6 +14,7 @@ import type * as Capabilities from "./Capabilities.js"
 import * as internal from "./internal/connection.js"
 import type * as SmtpAuth from "./SmtpAuth.js"
 import type * as SmtpCommand from "./SmtpCommand.js"
+import type * as SmtpConfig from "./SmtpConfig.js"
 import type {
   InvalidInputError,
   NetworkError,
@@ -26,16 +27,7 @@ import type {
 import type { SmtpReply } from "./SmtpReply.js"
 import type * as SmtpSubmission from "./SmtpSubmission.js"
 import type * as SmtpTimeouts from "./SmtpTimeouts.js"
-import type { Endpoints, SmtpTransport, TlsDetails, TlsOptions } from "./SmtpTransport.js"
-
-/**
- * How the connection uses TLS: `implicit` (TLS from the first byte, port 465), `starttls` (STARTTLS required: fail
- * when the server does not offer it), `opportunistic` (STARTTLS when offered, else plaintext) or `none`.
- *
- * @since 0.1.0
- * @category models
- */
-export type TlsMode = "implicit" | "starttls" | "opportunistic" | "none"
+import type { Endpoints, SmtpTransport, TlsDetails, TlsMode, TlsOptions } from "./SmtpTransport.js"
 
 /**
  * Options of `make`.
@@ -238,3 +230,14 @@ export type ConnectError = ReplyError | TlsError | InvalidInputError | SmtpAuthE
  */
 export const make: (options: Options) => Effect.Effect<SmtpConnection, ConnectError, Scope.Scope | SmtpTransport> =
   internal.make
+
+/**
+ * The options of `make` for the server a URL names (`SmtpConfig.fromUrl` or `SmtpConfig.url`), with the other options.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const optionsFromUrl = (
+  settings: SmtpConfig.UrlSettings,
+  options: Omit<Options, "host" | "port" | "tls"> = {}
+): Options => ({ ...options, host: settings.host, port: settings.port, tls: settings.tls })

@@ -15,6 +15,15 @@ import * as internal from "./internal/nodeTransport.js"
 import type { NetworkError, TimeoutError, TlsError } from "./SmtpError.js"
 
 /**
+ * How a connection uses TLS: `implicit` (TLS from the first byte, port 465), `starttls` (STARTTLS required: fail when
+ * the server does not offer it), `opportunistic` (STARTTLS when offered, else plaintext) or `none`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TlsMode = "implicit" | "starttls" | "opportunistic" | "none"
+
+/**
  * TLS settings. Certificates are verified by default; `rejectUnauthorized: false` turns that off (the CLI's
  * `--insecure`). Anything else is passed to Node's `tls.connect` as it is (Hunny's `ConnectTlsOpenSSL`).
  *

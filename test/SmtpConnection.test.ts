@@ -18,6 +18,7 @@ import * as tls from "node:tls"
 import { SMTPServer } from "smtp-server"
 import * as Capabilities from "../src/Capabilities.js"
 import * as SmtpCommand from "../src/SmtpCommand.js"
+import * as SmtpConfig from "../src/SmtpConfig.js"
 import * as SmtpConnection from "../src/SmtpConnection.js"
 import type { SmtpError } from "../src/SmtpError.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
@@ -67,6 +68,14 @@ const connect = (options: SmtpConnection.Options) =>
 
 /** Runs a scoped program and returns its failure, or fails the test if it succeeded. */
 const failure = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.flip(Effect.scoped(effect))
+
+describe("SmtpConnection.optionsFromUrl", () => {
+  it("takes the host, port and TLS mode from the URL and keeps the other options", () => {
+    const settings = Either.getOrThrow(SmtpConfig.fromUrl("smtps://mx.example.org"))
+    expect(SmtpConnection.optionsFromUrl(settings, { clientName: "me.example.org" }))
+      .toEqual({ clientName: "me.example.org", host: "mx.example.org", port: 465, tls: "implicit" })
+  })
+})
 
 describe("SmtpConnection against smtp-server", () => {
   it.scopedLive("greets, reads the capabilities and reports its state", () =>

@@ -296,9 +296,9 @@ const authSettingsOf = (
     }
     if (userName === "") return yield* new UsageError({ reason: "--user must not be empty" })
     const pinned = Option.isSome(args.auth) ? yield* pinnedOf(args.auth.value) : undefined
-    const credentials: SmtpConfig.Credentials | undefined = fromUrl ??
+    const credentials: SmtpAuth.Credentials | undefined = fromUrl ??
       (userName !== undefined && variable !== undefined
-        ? { user: userName, password: yield* passwordFromEnv(variable) }
+        ? { username: userName, password: yield* passwordFromEnv(variable) }
         : undefined)
     if (credentials === undefined) {
       if (pinned !== undefined) {
@@ -308,12 +308,7 @@ const authSettingsOf = (
       }
       return undefined
     }
-    return {
-      username: credentials.user,
-      password: credentials.password,
-      mechanism: pinned,
-      allowCleartext: args.allowCleartextAuth
-    }
+    return SmtpAuth.fromCredentials(credentials, { mechanism: pinned, allowCleartext: args.allowCleartextAuth })
   })
 
 /**
@@ -354,7 +349,7 @@ const signIn = (
 
 const connectionOptions = (common: Common, settings: SmtpConfig.UrlSettings): SmtpConnection.Options => {
   const tlsOptions: TlsOptions = common.insecure ? { rejectUnauthorized: false } : {}
-  return SmtpConfig.toOptions(settings, {
+  return SmtpConnection.optionsFromUrl(settings, {
     tlsOptions,
     clientName: Option.getOrUndefined(common.helo),
     timeout: Option.getOrUndefined(Option.map(common.timeout, (seconds) => Duration.millis(seconds * 1000))),
