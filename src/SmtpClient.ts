@@ -5,12 +5,12 @@
  *
  * @since 0.1.0
  */
-import type * as Config from "effect/Config"
+import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
-import type * as Context from "effect/Context"
+import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
-import type * as Effect from "effect/Effect"
-import type * as Layer from "effect/Layer"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as internal from "./internal/client.js"
@@ -85,12 +85,12 @@ export interface SendResult extends SmtpSubmission.SendResult {
 export type SendError = SmtpSubmission.SendError | SmtpConnection.ConnectError
 
 /**
- * The client.
+ * What the client does: the service behind the `SmtpClient` tag.
  *
  * @since 0.1.0
  * @category models
  */
-export interface SmtpClient {
+export interface Service {
   /** One message: envelope and body, with the client's pool, retries and limits. */
   readonly send: <E = never, R = never>(
     envelope: SmtpSubmission.Envelope,
@@ -109,12 +109,12 @@ export interface SmtpClient {
 }
 
 /**
- * The client service.
+ * The client service: `yield* SmtpClient.SmtpClient`.
  *
  * @since 0.1.0
  * @category tags
  */
-export const SmtpClient: Context.Tag<SmtpClient, SmtpClient> = internal.Tag
+export class SmtpClient extends Context.Tag("effect-smtp/SmtpClient")<SmtpClient, Service>() {}
 
 /**
  * Builds a client in a scope: closing it waits for sends in flight (up to `shutdownTimeout`) and QUITs every pooled
@@ -123,7 +123,7 @@ export const SmtpClient: Context.Tag<SmtpClient, SmtpClient> = internal.Tag
  * @since 0.1.0
  * @category constructors
  */
-export const make: (options: Options) => Effect.Effect<SmtpClient, never, Scope.Scope | SmtpTransport> = internal.make
+export const make: (options: Options) => Effect.Effect<Service, never, Scope.Scope | SmtpTransport> = internal.make
 
 /**
  * The client as a layer. Connections are opened when sends need them, so building the layer cannot fail.
@@ -131,7 +131,8 @@ export const make: (options: Options) => Effect.Effect<SmtpClient, never, Scope.
  * @since 0.1.0
  * @category layers
  */
-export const layer: (options: Options) => Layer.Layer<SmtpClient, never, SmtpTransport> = internal.layer
+export const layer = (options: Options): Layer.Layer<SmtpClient, never, SmtpTransport> =>
+  Layer.scoped(SmtpClient, internal.make(options))
 
 /**
  * The client as a layer, with its options read from `Config`.
@@ -139,9 +140,10 @@ export const layer: (options: Options) => Layer.Layer<SmtpClient, never, SmtpTra
  * @since 0.1.0
  * @category layers
  */
-export const layerConfig: (
+export const layerConfig = (
   options: Config.Config.Wrap<Options>
-) => Layer.Layer<SmtpClient, ConfigError.ConfigError, SmtpTransport> = internal.layerConfig
+): Layer.Layer<SmtpClient, ConfigError.ConfigError, SmtpTransport> =>
+  Layer.scoped(SmtpClient, Effect.flatMap(Config.unwrap(options), internal.make))
 
 /**
  * One message as the test client saw it.
@@ -168,12 +170,13 @@ export interface Recorded {
 export type TestFailure = SendError
 
 /**
- * Controls of the test client (Qore's test mode): what it recorded, and what it should refuse.
+ * Controls of the test client (Qore's test mode): what it recorded, and what it should refuse. The service behind
+ * the `TestClient` tag.
  *
  * @since 0.1.0
  * @category models
  */
-export interface TestClient {
+export interface TestControls {
   /** Every message accepted so far, in order. */
   readonly sent: Effect.Effect<ReadonlyArray<Recorded>>
   /** Refuse, from now on, every recipient for which `refuse` returns an error. */
@@ -187,12 +190,12 @@ export interface TestClient {
 }
 
 /**
- * The test client's controls.
+ * The test client's controls: `yield* SmtpClient.TestClient`.
  *
  * @since 0.1.0
  * @category tags
  */
-export const TestClient: Context.Tag<TestClient, TestClient> = internal.TestTag
+export class TestClient extends Context.Tag("effect-smtp/SmtpClient/TestClient")<TestClient, TestControls>() {}
 
 /**
  * A client backed by memory, for tests: it checks each message as the real one does (addresses, no CR/LF, lines
@@ -201,7 +204,12 @@ export const TestClient: Context.Tag<TestClient, TestClient> = internal.TestTag
  * @since 0.1.0
  * @category layers
  */
-export const layerTest: Layer.Layer<SmtpClient | TestClient> = internal.layerTest
+export const layerTest: Layer.Layer<SmtpClient | TestClient> = Layer.effectContext(
+  Effect.map(
+    internal.makeTest,
+    ({ client, controls }) => Context.make(SmtpClient, client).pipe(Context.add(TestClient, controls))
+  )
+)
 
 /**
  * The client's metrics (Effect `Metric`): messages sent and failed (tagged with the error), recipients refused for

@@ -34,7 +34,7 @@ const clientLayer = (port: number, options: Partial<SmtpClient.Options> = {}) =>
 const withClient = <A, E>(
   port: number,
   options: Partial<SmtpClient.Options>,
-  use: (client: SmtpClient.SmtpClient) => Effect.Effect<A, E>
+  use: (client: SmtpClient.Service) => Effect.Effect<A, E>
 ) => Effect.provide(Effect.flatMap(SmtpClient.SmtpClient, use), clientLayer(port, options))
 
 const message = (i: number) => `Subject: message ${i}\r\n\r\nbody ${i}\r\n`

@@ -5,15 +5,12 @@
  * and the test client backed by memory.
  */
 import * as Clock from "effect/Clock"
-import * as Config from "effect/Config"
-import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
-import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Pool from "effect/Pool"
 import * as RateLimiter from "effect/RateLimiter"
@@ -127,7 +124,7 @@ const countRefusals = (rejected: ReadonlyArray<SmtpSubmission.RejectedRecipient>
 
 export const make = (
   options: SmtpClient.Options
-): Effect.Effect<SmtpClient.SmtpClient, never, Scope.Scope | SmtpTransport> =>
+): Effect.Effect<SmtpClient.Service, never, Scope.Scope | SmtpTransport> =>
   Effect.gen(function*() {
     const poolOptions = options.pool === false ? undefined : options.pool ?? {}
     const maxConnections = Math.max(1, poolOptions?.maxConnections ?? 4)
@@ -237,7 +234,7 @@ export const make = (
       return limit === undefined ? waited : limit(waited)
     }
 
-    const send: SmtpClient.SmtpClient["send"] = (envelope, body, sendOptions) =>
+    const send: SmtpClient.Service["send"] = (envelope, body, sendOptions) =>
       Effect.gen(function*() {
         // Made at the first failure: a send that goes through at once pays nothing for its retries.
         let driver: Schedule.ScheduleDriver<unknown, unknown> | undefined
@@ -321,7 +318,7 @@ export const make = (
   })
 
 /** A client from its `send`: `sendMessage` composes the message and sends it with it. */
-const fromSend = (send: SmtpClient.SmtpClient["send"]): SmtpClient.SmtpClient => ({
+const fromSend = (send: SmtpClient.Service["send"]): SmtpClient.Service => ({
   send,
   sendMessage: (message, sendOptions) =>
     Effect.flatMap(Message.compose(message), (composed) =>
@@ -332,17 +329,6 @@ const fromSend = (send: SmtpClient.SmtpClient["send"]): SmtpClient.SmtpClient =>
 })
 
 const isTransient = (r: SmtpSubmission.RejectedRecipient): boolean => r.error._tag === "SmtpTransientError"
-
-export const Tag = Context.GenericTag<SmtpClient.SmtpClient>("effect-smtp/SmtpClient")
-export const TestTag = Context.GenericTag<SmtpClient.TestClient>("effect-smtp/SmtpClient/TestClient")
-
-export const layer = (options: SmtpClient.Options): Layer.Layer<SmtpClient.SmtpClient, never, SmtpTransport> =>
-  Layer.scoped(Tag, make(options))
-
-export const layerConfig = (
-  options: Config.Config.Wrap<SmtpClient.Options>
-): Layer.Layer<SmtpClient.SmtpClient, ConfigError.ConfigError, SmtpTransport> =>
-  Layer.scoped(Tag, Effect.flatMap(Config.unwrap(options), make))
 
 // ---------------------------------------------------------------------------------------------------------------
 // The test client
@@ -360,67 +346,68 @@ const bodyBytes = <E, R>(body: SmtpSubmission.Body<E, R>): Effect.Effect<Uint8Ar
   )
 }
 
-export const layerTest: Layer.Layer<SmtpClient.SmtpClient | SmtpClient.TestClient> = Layer.effectContext(
-  Effect.sync(() => {
-    let recorded: Array<SmtpClient.Recorded> = []
-    let refuse: ((recipient: string) => SmtpTransientError | SmtpPermanentError | undefined) | undefined
-    let failures: Array<SmtpClient.TestFailure> = []
-    let queued = 0
+/** The test client: a client backed by memory, and the controls that tell what it recorded and what to refuse. */
+export const makeTest: Effect.Effect<
+  { readonly client: SmtpClient.Service; readonly controls: SmtpClient.TestControls }
+> = Effect.sync(() => {
+  let recorded: Array<SmtpClient.Recorded> = []
+  let refuse: ((recipient: string) => SmtpTransientError | SmtpPermanentError | undefined) | undefined
+  let failures: Array<SmtpClient.TestFailure> = []
+  let queued = 0
 
-    const send: SmtpClient.SmtpClient["send"] = (envelope, body, sendOptions) =>
-      Effect.gen(function*() {
-        const failure = failures.shift()
-        if (failure !== undefined) return yield* Effect.fail(failure)
-        const recipients = envelope.to.map((entry) => typeof entry === "string" ? entry : entry.address)
-        // The same checks as on the wire: every command encodes, and the body has no line over 998 octets.
-        yield* SmtpCommand.encodeGroup([
-          SmtpCommand.mail(envelope.from, envelope.mailParameters),
-          ...envelope.to.map((entry) =>
-            typeof entry === "string"
-              ? SmtpCommand.rcpt(entry, envelope.rcptParameters)
-              : SmtpCommand.rcpt(entry.address, entry.parameters ?? envelope.rcptParameters)
-          )
-        ])
-        const bytes = yield* bodyBytes(body)
-        yield* DataEncoder.encode(bytes, { allowLongLines: sendOptions?.allowLongLines })
-        const accepted: Array<SmtpSubmission.AcceptedRecipient> = []
-        const rejected: Array<SmtpSubmission.RejectedRecipient> = []
-        for (const recipient of recipients) {
-          const error = refuse?.(recipient)
-          if (error === undefined) accepted.push({ recipient, reply: reply(250, "2.1.5", "Ok"), delivery: undefined })
-          else rejected.push({ recipient, error })
-        }
-        if (accepted.length === 0) return yield* Effect.fail(Submission.refusedByAll(rejected))
-        recorded.push({
-          envelope,
-          body: bytes,
-          accepted: accepted.map((a) => a.recipient),
-          rejected: rejected.map((r) => ({ recipient: r.recipient, error: r.error }))
-        })
-        return {
-          accepted,
-          rejected,
-          response: reply(250, "2.0.0", `Ok: queued as TEST${++queued}`),
-          method: "DATA",
-          roundTrips: 0,
-          attempts: 1
-        } satisfies SmtpClient.SendResult
+  const send: SmtpClient.Service["send"] = (envelope, body, sendOptions) =>
+    Effect.gen(function*() {
+      const failure = failures.shift()
+      if (failure !== undefined) return yield* Effect.fail(failure)
+      const recipients = envelope.to.map((entry) => typeof entry === "string" ? entry : entry.address)
+      // The same checks as on the wire: every command encodes, and the body has no line over 998 octets.
+      yield* SmtpCommand.encodeGroup([
+        SmtpCommand.mail(envelope.from, envelope.mailParameters),
+        ...envelope.to.map((entry) =>
+          typeof entry === "string"
+            ? SmtpCommand.rcpt(entry, envelope.rcptParameters)
+            : SmtpCommand.rcpt(entry.address, entry.parameters ?? envelope.rcptParameters)
+        )
+      ])
+      const bytes = yield* bodyBytes(body)
+      yield* DataEncoder.encode(bytes, { allowLongLines: sendOptions?.allowLongLines })
+      const accepted: Array<SmtpSubmission.AcceptedRecipient> = []
+      const rejected: Array<SmtpSubmission.RejectedRecipient> = []
+      for (const recipient of recipients) {
+        const error = refuse?.(recipient)
+        if (error === undefined) accepted.push({ recipient, reply: reply(250, "2.1.5", "Ok"), delivery: undefined })
+        else rejected.push({ recipient, error })
+      }
+      if (accepted.length === 0) return yield* Effect.fail(Submission.refusedByAll(rejected))
+      recorded.push({
+        envelope,
+        body: bytes,
+        accepted: accepted.map((a) => a.recipient),
+        rejected: rejected.map((r) => ({ recipient: r.recipient, error: r.error }))
       })
+      return {
+        accepted,
+        rejected,
+        response: reply(250, "2.0.0", `Ok: queued as TEST${++queued}`),
+        method: "DATA",
+        roundTrips: 0,
+        attempts: 1
+      } satisfies SmtpClient.SendResult
+    })
 
-    const client = fromSend(send)
-    const controls: SmtpClient.TestClient = {
-      sent: Effect.sync(() => [...recorded]),
-      refuseRecipients: (rule) => Effect.sync(() => void (refuse = rule)),
-      failNext: (error, times = 1) =>
-        Effect.sync(() => {
-          for (let i = 0; i < times; i++) failures.push(error)
-        }),
-      reset: Effect.sync(() => {
-        recorded = []
-        refuse = undefined
-        failures = []
-      })
-    }
-    return Context.make(Tag, client).pipe(Context.add(TestTag, controls))
-  })
-)
+  const client = fromSend(send)
+  const controls: SmtpClient.TestControls = {
+    sent: Effect.sync(() => [...recorded]),
+    refuseRecipients: (rule) => Effect.sync(() => void (refuse = rule)),
+    failNext: (error, times = 1) =>
+      Effect.sync(() => {
+        for (let i = 0; i < times; i++) failures.push(error)
+      }),
+    reset: Effect.sync(() => {
+      recorded = []
+      refuse = undefined
+      failures = []
+    })
+  }
+  return { client, controls }
+})
