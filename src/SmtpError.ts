@@ -354,6 +354,19 @@ export const isRetryable = (u: unknown): u is NetworkError | TimeoutError | Smtp
   (u._tag === "NetworkError" || u._tag === "TimeoutError" || u._tag === "SmtpTransientError")
 
 /**
+ * Tells whether an error leaves the session out of step, so that the connection is closed at once and never used
+ * again: a network failure, a timeout, a protocol violation, a TLS failure, or a 421 reply (the server is closing).
+ * The one place that decides it: the connection, the submission engine and the pool all ask here.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const breaksConnection = (u: unknown): boolean =>
+  isSmtpError(u) &&
+  (u._tag === "NetworkError" || u._tag === "TimeoutError" || u._tag === "SmtpProtocolError" ||
+    u._tag === "TlsError" || (u._tag === "SmtpTransientError" && u.code === 421))
+
+/**
  * Tells whether an error is a negative reply from the server (4xx or 5xx).
  *
  * @since 0.1.0

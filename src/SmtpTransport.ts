@@ -116,6 +116,11 @@ export interface SmtpSocket {
   /** The TLS details when the socket is encrypted. */
   readonly tls: Effect.Effect<TlsDetails | undefined>
   readonly endpoints: Endpoints
+  /**
+   * The bytes received and not read yet, without waiting; undefined when there are none. Lets the session see a
+   * reply that no command awaits before it writes the next command.
+   */
+  readonly readReady: Effect.Effect<Uint8Array | undefined>
   /** Closes the socket at once. Safe to call more than once. */
   readonly destroy: Effect.Effect<void>
 }

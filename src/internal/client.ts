@@ -16,10 +16,9 @@ import * as Pool from "effect/Pool"
 import * as RateLimiter from "effect/RateLimiter"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
-import * as DataEncoder from "../DataEncoder.js"
+import * as Capabilities from "../Capabilities.js"
 import * as Message from "../Message.js"
 import type * as SmtpClient from "../SmtpClient.js"
-import * as SmtpCommand from "../SmtpCommand.js"
 import * as SmtpConnection from "../SmtpConnection.js"
 import type { SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
 import * as SmtpReply from "../SmtpReply.js"
@@ -27,7 +26,7 @@ import * as SmtpRetry from "../SmtpRetry.js"
 import type * as SmtpSubmission from "../SmtpSubmission.js"
 import type { SmtpTransport } from "../SmtpTransport.js"
 import * as Body from "./body.js"
-import * as Submission from "./submission.js"
+import * as Engine from "./engine.js"
 
 // ---------------------------------------------------------------------------------------------------------------
 // Metrics
@@ -334,6 +333,18 @@ const isTransient = (r: SmtpSubmission.RejectedRecipient): boolean => r.error._t
 // The test client
 // ---------------------------------------------------------------------------------------------------------------
 
+/** What the test client's server offers: every extension but CHUNKING (and BINARYMIME, which needs it). */
+const everything = Capabilities.fromLines([
+  "test.invalid",
+  "PIPELINING",
+  "8BITMIME",
+  "SMTPUTF8",
+  "DSN",
+  "ENHANCEDSTATUSCODES",
+  "REQUIRETLS",
+  "SIZE 0"
+])
+
 const reply = (code: number, enhancedCode: string, text: string) =>
   new SmtpReply.SmtpReply({ code, enhancedCode, lines: [text] })
 
@@ -359,26 +370,18 @@ export const makeTest: Effect.Effect<
     Effect.gen(function*() {
       const failure = failures.shift()
       if (failure !== undefined) return yield* Effect.fail(failure)
-      const recipients = envelope.to.map((entry) => typeof entry === "string" ? entry : entry.address)
-      // The same checks as on the wire: every command encodes, and the body has no line over 998 octets.
-      yield* SmtpCommand.encodeGroup([
-        SmtpCommand.mail(envelope.from, envelope.mailParameters),
-        ...envelope.to.map((entry) =>
-          typeof entry === "string"
-            ? SmtpCommand.rcpt(entry, envelope.rcptParameters)
-            : SmtpCommand.rcpt(entry.address, entry.parameters ?? envelope.rcptParameters)
-        )
-      ])
       const bytes = yield* bodyBytes(body)
-      yield* DataEncoder.encode(bytes, { allowLongLines: sendOptions?.allowLongLines })
-      const accepted: Array<SmtpSubmission.AcceptedRecipient> = []
-      const rejected: Array<SmtpSubmission.RejectedRecipient> = []
-      for (const recipient of recipients) {
-        const error = refuse?.(recipient)
-        if (error === undefined) accepted.push({ recipient, reply: reply(250, "2.1.5", "Ok"), delivery: undefined })
-        else rejected.push({ recipient, error })
-      }
-      if (accepted.length === 0) return yield* Effect.fail(Submission.refusedByAll(rejected))
+      // The same engine as on the wire, against a server that offers every extension but CHUNKING (so that, as with
+      // most servers, a line over 998 octets is an input error): every check, and every rule of the results.
+      const outcome = Engine.simulate(
+        { envelope, body: bytes, options: sendOptions },
+        everything,
+        (recipient) => refuse?.(recipient),
+        reply(250, "2.0.0", `Ok: queued as TEST${queued + 1}`)
+      )
+      if (Either.isLeft(outcome)) return yield* Effect.fail(outcome.left)
+      queued++
+      const { accepted, rejected, response } = outcome.right
       recorded.push({
         envelope,
         body: bytes,
@@ -388,7 +391,7 @@ export const makeTest: Effect.Effect<
       return {
         accepted,
         rejected,
-        response: reply(250, "2.0.0", `Ok: queued as TEST${++queued}`),
+        response,
         method: "DATA",
         roundTrips: 0,
         attempts: 1

@@ -13,12 +13,12 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as os from "node:os"
 import * as Capabilities from "../Capabilities.js"
-import * as DataEncoder from "../DataEncoder.js"
 import * as Mailbox from "../Mailbox.js"
 import * as SmtpAuth from "../SmtpAuth.js"
 import * as SmtpCommand from "../SmtpCommand.js"
 import type * as SmtpConnection from "../SmtpConnection.js"
 import {
+  breaksConnection,
   InvalidInputError,
   NetworkError,
   SmtpAuthError,
@@ -26,14 +26,14 @@ import {
   TimeoutError,
   TlsError
 } from "../SmtpError.js"
-import type { ReadError, ReplyError, SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
+import type { ReadError, ReplyError, SmtpError, SmtpPermanentError, SmtpTransientError } from "../SmtpError.js"
 import * as SmtpReply from "../SmtpReply.js"
 import type * as SmtpSubmission from "../SmtpSubmission.js"
 import * as SmtpTimeouts from "../SmtpTimeouts.js"
 import type { Phase, Timeouts } from "../SmtpTimeouts.js"
 import { SmtpTransport } from "../SmtpTransport.js"
 import type { SmtpSocket, TlsDetails, TlsOptions } from "../SmtpTransport.js"
-import * as Body from "./body.js"
+import * as Engine from "./engine.js"
 import * as QueueStream from "./queueStream.js"
 import * as Sasl from "./sasl.js"
 import * as Submission from "./submission.js"
@@ -92,6 +92,8 @@ const defaultClientName = (localAddress: string): string => {
   }
   return localAddress === "" ? "[127.0.0.1]" : `[${localAddress}]`
 }
+
+const QUIT_COMMAND = SmtpCommand.encode(SmtpCommand.quit).pipe(Either.getOrThrow)
 
 const closedError = (reason: string) =>
   new NetworkError({ operation: "use", code: "ECLOSED", cause: new Error(reason) })
@@ -170,12 +172,26 @@ export const make = (
     let parsed: Array<SmtpReply.SmtpReply> = []
     let parseFailure: SmtpProtocolError | undefined
     let broken: NetworkError | undefined
+    /**
+     * Set when the session ended at a point where QUIT is still legal (an interruption outside a message body): the
+     * connection is not used again, but its release still says QUIT.
+     */
+    let quitLegal = false
+    /** Inside a STARTTLS handshake or an AUTH exchange: a QUIT now would be read as something else. */
+    let quitUnsafe = false
     let quitSent = false
+    /** Replies owed to commands of `exchangeGroup` that were written and not read yet. */
+    let owed = 0
+    /** The submission engine running now, if one is: it knows whether a body is open and which replies it owes. */
+    let engine: Engine.Engine<unknown, unknown> | undefined
     let capabilities = Capabilities.empty
     let extended = false
     let authenticated: string | undefined = undefined
-    /** Recipients accepted since MAIL: with LMTP, the number of replies the end of data brings. */
-    let lmtpRecipients = 0
+    /**
+     * The recipients accepted since a MAIL sent by hand (`mail`, `rcpt`): a body sent by hand after them (`data`,
+     * `bdat`) is their transaction, and with LMTP each of them gets a reply to its end.
+     */
+    let handAccepted: Array<SmtpSubmission.AcceptedRecipient> = []
     const usage = { bytesSent: 0, bytesReceived: 0, sendingMillis: 0, receivingMillis: 0 }
     const lock = yield* Effect.makeSemaphore(1)
 
@@ -183,8 +199,48 @@ export const make = (
     const breakConnection = (reason: string) =>
       Effect.suspend(() => {
         if (broken === undefined) broken = closedError(`the connection was closed after ${reason}`)
+        quitLegal = false
         return socket.destroy
       })
+
+    /**
+     * After an interruption: outside a message body (and outside a handshake) QUIT is still legal, so the connection
+     * is only retired, and its release says QUIT after the replies it is owed; inside one it closes at once.
+     */
+    const interrupted = Effect.suspend(() => {
+      if (broken !== undefined) return Effect.void
+      if (quitUnsafe || engine?.inBody === true) return breakConnection("an interruption inside a message body")
+      broken = closedError("the connection was closed after an interruption")
+      quitLegal = true
+      return Effect.void
+    })
+
+    /**
+     * Fails when the server sent what no command awaits: a reply already parsed, or bytes received and not read.
+     * Checked before a write when every reply due is in (RFC 5321 §4.1.1: the server only answers commands).
+     */
+    const expectSilence: Effect.Effect<void, SmtpProtocolError> = Effect.suspend(() => {
+      const unsolicited = () => {
+        const first = parsed[0]
+        return Effect.fail(
+          new SmtpProtocolError({
+            reason: first === undefined
+              ? "the server sent bytes while no command awaited a reply"
+              : `a reply (${first.code}) came while no command awaited one`
+          })
+        )
+      }
+      if (parsed.length > 0 || parseFailure !== undefined) return unsolicited()
+      return Effect.flatMap(socket.readReady, (early) => {
+        if (early === undefined) return Effect.void
+        usage.bytesReceived += early.length
+        const step = parser.push(early)
+        parsed = parsed.concat(step.replies)
+        if (step.error !== undefined) parseFailure = step.error
+        for (const reply of step.replies) for (const line of SmtpReply.formatLines(reply)) note("server", line)
+        return unsolicited()
+      })
+    })
 
     // Every wait ends by its own timeout, even when the caller runs it uninterruptibly (an `acquireRelease`
     // acquisition, a pool's acquire, a finalizer): reads and writes carry the socket's own timer, and the rest is
@@ -276,32 +332,30 @@ export const make = (
       const guarded = Effect.suspend((): Effect.Effect<A, E | NetworkError, R> =>
         broken !== undefined ? Effect.fail(broken) : effect
       )
+      // Refused at once when closed (which closes nothing more: a retired connection may still owe its QUIT).
+      const run = effect.pipe(
+        Effect.tapError((error) =>
+          breaksConnection(error) ? breakConnection(`a ${(error as SmtpError)._tag}`) : Effect.void
+        ),
+        Effect.onInterrupt(() => interrupted),
+        Effect.locally(holding, true)
+      )
       return Effect.flatMap(FiberRef.get(holding), (held) =>
         held ? guarded : lock.withPermits(1)(
-          guarded.pipe(
-            Effect.tapError((error) => {
-              const tag = (error as { readonly _tag?: string })._tag
-              return tag === "NetworkError" || tag === "TimeoutError" || tag === "SmtpProtocolError" ||
-                  tag === "TlsError"
-                ? breakConnection(`a ${tag}`)
-                : Effect.void
-            }),
-            Effect.onInterrupt(() => breakConnection("an interruption")),
-            Effect.locally(holding, true)
-          )
+          Effect.suspend((): Effect.Effect<A, E | NetworkError, R> => broken !== undefined ? Effect.fail(broken) : run)
         ))
     }
 
-    /** Checks a reply: a 421 closes the connection; a reply outside `ok` fails with its error. */
+    /**
+     * Checks a reply: a reply outside `ok` fails with its error (a 421 among them, which `use` closes the connection
+     * after); one that is not even a refusal is a protocol violation.
+     */
     const check = (
       reply: SmtpReply.SmtpReply,
       verb: string,
       ok: (reply: SmtpReply.SmtpReply) => boolean
     ): Effect.Effect<SmtpReply.SmtpReply, SmtpTransientError | SmtpPermanentError | SmtpProtocolError> => {
       if (ok(reply)) return Effect.succeed(reply)
-      if (SmtpReply.isServiceClosing(reply)) {
-        return Effect.zipRight(breakConnection("a 421 reply"), Effect.fail(SmtpReply.toError(reply, verb)))
-      }
       if (SmtpReply.isTransientNegative(reply) || SmtpReply.isPermanentNegative(reply)) {
         return Effect.fail(SmtpReply.toError(reply, verb))
       }
@@ -324,13 +378,16 @@ export const make = (
     ): Effect.Effect<ReadonlyArray<SmtpReply.SmtpReply>, ReadError | InvalidInputError> =>
       Effect.gen(function*() {
         const bytes = yield* SmtpCommand.encodeGroup(commands)
+        if (owed === 0) yield* expectSilence
         const started = now()
         for (const command of commands) yield* record("client", SmtpCommand.toTranscript(command))
         yield* writeBytes([bytes], phaseOf(commands[0]!))
+        owed += commands.length
         const replies: Array<SmtpReply.SmtpReply> = []
         for (const command of commands) {
           const verb = SmtpCommand.verb(command)
           replies.push(yield* readReply(phaseOf(command), verb))
+          owed--
           yield* warnIfSlow(verb, started)
         }
         return replies
@@ -346,9 +403,9 @@ export const make = (
       const verb = SmtpCommand.verb(command)
       return use(
         Effect.flatMap(exchange(command), (reply) => check(reply, verb, expectedClass(command))).pipe(
-          Effect.tap(() => {
-            if (command._tag === "Mail" || command._tag === "Rset") lmtpRecipients = 0
-            else if (command._tag === "Rcpt") lmtpRecipients++
+          Effect.tap((reply) => {
+            if (command._tag === "Mail" || command._tag === "Rset") handAccepted = []
+            else if (command._tag === "Rcpt") handAccepted.push({ recipient: command.to, reply, delivery: undefined })
           })
         )
       ).pipe(
@@ -400,15 +457,19 @@ export const make = (
     const startTls = (overrides?: TlsOptions): Effect.Effect<TlsDetails, ReplyError | TlsError> =>
       use(
         Effect.gen(function*() {
+          // From STARTTLS to the end of the handshake a QUIT would land in the handshake: an interruption closes.
+          quitUnsafe = true
           const reply = yield* exchange(SmtpCommand.startTls).pipe(
             Effect.catchTag("InvalidInputError", (error) => Effect.die(error))
           )
+          quitUnsafe = reply.code === 220
           yield* check(reply, "STARTTLS", (r) => r.code === 220)
           // Whatever the server sent after its 220 is dropped with the parser and with the transport's buffer.
           parser = SmtpReply.makeParser()
           parsed = []
           parseFailure = undefined
           const details = yield* socket.upgradeToTls({ ...tlsOptions, ...overrides }).pipe(timed("startTls", false))
+          quitUnsafe = false
           capabilities = Capabilities.empty
           extended = false
           yield* (lmtp ? lhlo() : ehlo()).pipe(Effect.catchTag("InvalidInputError", (error) => Effect.die(error)))
@@ -419,71 +480,6 @@ export const make = (
           kind: "client",
           attributes: { ...spanAttributes, "smtp.command": "STARTTLS" }
         })
-      )
-
-    /** Writes a body after a 354: canonical, dot-stuffed, bounded per write; then reads the end-of-data reply. */
-    const sendBody = <E, R>(body: SmtpSubmission.Body<E, R>, allowLongLines: boolean) =>
-      Effect.gen(function*() {
-        const dataEncoder = DataEncoder.make({ allowLongLines })
-        let octets = 0
-        const writeChunk = (chunk: Uint8Array) =>
-          Effect.flatMap(dataEncoder.push(chunk), (encoded) => {
-            octets += chunk.length
-            return encoded.length === 0 ? Effect.void : writeBytes([encoded], "dataBlock")
-          })
-        // A chunk is only lent, but each write is awaited before the next chunk is read.
-        yield* Body.forEachChunk(body, writeChunk)
-        yield* writeBytes([yield* dataEncoder.end()], "dataBlock")
-        yield* record("client", `<message body, ${octets} octets, then .>`)
-        return yield* readReply("dataEnd", "DATA", true)
-      })
-
-    /**
-     * DATA, the body, and the replies to the end of data: one, or with LMTP one per accepted recipient, in RCPT order
-     * (RFC 2033 §4.2), all read so that the session stays in step.
-     */
-    const dataReplies = <E, R>(body: SmtpSubmission.Body<E, R>, allowLongLines: boolean) =>
-      use(
-        Effect.gen(function*() {
-          const go = yield* exchange(SmtpCommand.data)
-          yield* check(go, "DATA", (r) => r.code === 354)
-          // From here on the server reads message data: a failure of the body leaves the session unusable.
-          const replies = [
-            yield* sendBody(body, allowLongLines).pipe(
-              Effect.tapError(() => breakConnection("a failure while sending the message body"))
-            )
-          ]
-          const expected = lmtp ? lmtpRecipients : 1
-          lmtpRecipients = 0
-          while (replies.length < expected) replies.push(yield* readReply("dataEnd", "DATA", true))
-          // A 421 among them closes the connection; other negative replies are for the caller to weigh.
-          for (const reply of replies) yield* check(reply, "DATA", (r) => !SmtpReply.isServiceClosing(r))
-          return replies
-        })
-      ).pipe(
-        Effect.withSpan("smtp.data", { kind: "client", attributes: { ...spanAttributes, "smtp.command": "DATA" } })
-      )
-
-    const data = <E = never, R = never>(
-      body: SmtpSubmission.Body<E, R>,
-      dataOptions?: { readonly allowLongLines?: boolean | undefined }
-    ) =>
-      Effect.flatMap(dataReplies(body, dataOptions?.allowLongLines ?? false), (replies) => {
-        const accepted = replies.find(SmtpReply.isPositiveCompletion)
-        return accepted !== undefined ? Effect.succeed(accepted) : check(replies[0]!, "DATA", () => false)
-      })
-
-    const bdat = (chunk: Uint8Array, last: boolean) =>
-      use(
-        Effect.gen(function*() {
-          const header = yield* SmtpCommand.encode(SmtpCommand.bdat(chunk.length, last)).pipe(Effect.orDie)
-          yield* record("client", `BDAT ${chunk.length}${last ? " LAST" : ""} <${chunk.length} octets>`)
-          yield* writeBytes([header, chunk], "dataBlock")
-          const reply = yield* readReply("dataEnd", "BDAT", last)
-          return yield* check(reply, "BDAT", SmtpReply.isPositiveCompletion)
-        })
-      ).pipe(
-        Effect.withSpan("smtp.bdat", { kind: "client", attributes: { ...spanAttributes, "smtp.command": "BDAT" } })
       )
 
     /** A 334 challenge's base64 text, decoded; undefined when it is not base64 (RFC 4954 §4). */
@@ -504,6 +500,8 @@ export const make = (
           return yield* new InvalidInputError({ field: "credentials", reason: started.left })
         }
         const attempt = started.right
+        // Inside the exchange a QUIT would be read as a response: an interruption closes the connection.
+        quitUnsafe = true
         let reply = yield* exchange(SmtpCommand.auth(mechanism.name, attempt.initialResponse))
         while (reply.code === 334) {
           const challenge = decodeChallenge(reply)
@@ -518,6 +516,7 @@ export const make = (
           }
           reply = yield* exchange(SmtpCommand.authResponse(step.response))
         }
+        quitUnsafe = false
         yield* check(reply, "AUTH", (r) => r.code === 235)
         const unproven = attempt.finish()
         if (unproven !== undefined) {
@@ -572,6 +571,21 @@ export const make = (
       return fixed(SmtpCommand.quit).pipe(Effect.ensuring(breakConnection("QUIT")))
     })
 
+    /**
+     * The release's QUIT when the session was cut short where QUIT is legal: written after whatever is owed, and
+     * answered after the replies to it (which are read and dropped).
+     */
+    const closingQuit = Effect.suspend(() => {
+      quitSent = true
+      const skip = owed + (engine?.outstanding ?? 0)
+      return Effect.gen(function*() {
+        yield* record("client", "QUIT")
+        yield* writeBytes([QUIT_COMMAND], "quit")
+        for (let i = 0; i < skip; i++) yield* readReply("quit", "QUIT")
+        return yield* readReply("quit", "QUIT")
+      })
+    })
+
     let bodyBlock: Buffer | undefined
     /** What the submission engine needs of this session. */
     const session: Submission.Session = {
@@ -580,12 +594,66 @@ export const make = (
       lmtp,
       write: (chunks) => writeBytes(chunks, "dataBlock"),
       readReply: (phase, verb, mayHaveBeenDelivered) => readReply(phase, verb, mayHaveBeenDelivered, false),
+      expectSilence,
       note: (line) => note("client", line),
-      check,
-      breakConnection,
+      breakConnection: (error) => breakConnection(`a ${error._tag}`),
       broken: () => broken,
-      bodyBlock: () => (bodyBlock ??= Buffer.allocUnsafe(Submission.BODY_BLOCK_SIZE))
+      track: (running) => void (engine = running),
+      untrack: Effect.suspend(() => {
+        const stopped = engine
+        engine = undefined
+        if (stopped === undefined || broken !== undefined) return Effect.void
+        if (stopped.inBody) return breakConnection("a message body cut short")
+        const left = stopped.outstanding
+        if (left === 0) return Effect.void
+        owed += left
+        broken = closedError("the connection was closed after a send cut short")
+        quitLegal = true
+        return Effect.void
+      }),
+      bodyBlock: () => (bodyBlock ??= Buffer.allocUnsafe(Engine.BODY_BLOCK_SIZE))
     }
+
+    /**
+     * A body after the caller's own MAIL and RCPT, through the same engine as `send`: `DATA` and the body (canonical,
+     * dot-stuffed), or one BDAT chunk as given. The end of the message ends the hand-sent transaction.
+     */
+    const handFed = <E, R>(
+      method: "DATA" | "BDAT",
+      body: SmtpSubmission.Body<E, R>,
+      settings: { readonly allowLongLines: boolean; readonly last: boolean }
+    ): Effect.Effect<SmtpReply.SmtpReply, ReplyError | InvalidInputError | E, R> =>
+      use(Effect.flatMap(session.secure, (secure) => {
+        const accepted = handAccepted
+        if (settings.last) handAccepted = []
+        return Effect.flatMap(
+          Submission.runHandFed<E, R>(session, secure, method, body, accepted, {
+            ...settings,
+            binary: method === "BDAT"
+          }),
+          (result) =>
+            Either.isRight(result)
+              ? Effect.as(
+                Effect.annotateCurrentSpan("smtp.reply.code", result.right.response.code),
+                result.right.response
+              )
+              : Effect.fail(result.left as ReplyError | InvalidInputError | E)
+        )
+      }))
+
+    const data = <E = never, R = never>(
+      body: SmtpSubmission.Body<E, R>,
+      dataOptions?: { readonly allowLongLines?: boolean | undefined }
+    ) =>
+      handFed("DATA", body, { allowLongLines: dataOptions?.allowLongLines ?? false, last: true }).pipe(
+        Effect.withSpan("smtp.data", { kind: "client", attributes: { ...spanAttributes, "smtp.command": "DATA" } })
+      )
+
+    const bdat = (chunk: Uint8Array, last: boolean) =>
+      handFed<never, never>("BDAT", chunk, { allowLongLines: true, last }).pipe(
+        Effect.catchTag("InvalidInputError", (error) => Effect.die(error)),
+        Effect.withSpan("smtp.bdat", { kind: "client", attributes: { ...spanAttributes, "smtp.command": "BDAT" } })
+      )
 
     /** Runs a batch through the engine in one use of the connection; on a closed one, every message fails at once. */
     const runBatch = <E, R, R2>(
@@ -651,10 +719,12 @@ export const make = (
     // (added when it was opened, so run after this one) then closes it.
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() =>
-        broken !== undefined || quitSent
+        quitSent || (broken !== undefined && !quitLegal)
           ? socket.destroy
           // Finalizers run uninterruptibly; QUIT is made interruptible again so its timeout can cut it short.
-          : Effect.ignore(Effect.interruptible(quit).pipe(Effect.timeout(timeoutOf("quit")))).pipe(
+          : Effect.ignore(
+            Effect.interruptible(broken === undefined ? quit : closingQuit).pipe(Effect.timeout(timeoutOf("quit")))
+          ).pipe(
             Effect.zipRight(socket.destroy)
           )
       )

@@ -156,6 +156,16 @@ class SocketReader {
     this.buffered = 0
   }
 
+  /** The bytes queued and not read yet, joined, without waiting; undefined when there are none. */
+  readReady(): Uint8Array | undefined {
+    if (this.chunks.length === 0) return undefined
+    const ready = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks)
+    this.chunks = []
+    this.buffered = 0
+    if (this.socket.isPaused()) this.socket.resume()
+    return ready
+  }
+
   read(timeoutMillis: number, onTimeout: () => TimeoutError): Effect.Effect<Uint8Array, NetworkError | TimeoutError> {
     return Effect.async<Uint8Array, NetworkError | TimeoutError>((resume) => {
       const chunk = this.chunks.shift()
@@ -290,6 +300,7 @@ export const connect = (
     }
     const socket: SmtpSocket = {
       read: (timeoutMillis, onTimeout) => reader.read(timeoutMillis, onTimeout),
+      readReady: Effect.sync(() => reader.readReady()),
       write: (chunks, timeoutMillis, onTimeout) =>
         Effect.suspend(() => write(current, chunks, timeoutMillis, onTimeout)),
       upgradeToTls: (tlsOptions) =>
