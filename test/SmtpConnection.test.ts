@@ -852,19 +852,45 @@ describe("SmtpConnection scope and faults", () => {
       }
     }))
 
-  it.scopedLive("interrupting a command midway closes the socket at once", () =>
+  it.scopedLive("interrupting a command while it awaits its reply retires the connection; its release still QUITs", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer(stallAfterOneCommand)
+      const started = Date.now()
       yield* Effect.scoped(Effect.gen(function*() {
-        const c = yield* connect({ host: "127.0.0.1", port: server.port })
+        const c = yield* connect({ host: "127.0.0.1", port: server.port, timeouts: { quit: "200 millis" } })
         const fiber = yield* Effect.fork(c.mail("a@example.org"))
         yield* Effect.sleep("50 millis")
+        yield* Fiber.interrupt(fiber)
+        // Never used again: its replies are out of step with whatever would come next.
+        expect((yield* c.state).closed).toBe(true)
+        expect((yield* Effect.flip(c.noop()))._tag).toBe("NetworkError")
+      }))
+      yield* Effect.promise(() => server.allClosed(1000))
+      // QUIT is legal outside a body (RFC 5321 §4.1.1.10): it goes after the MAIL, bounded by the QUIT timeout.
+      expect(server.transcripts()[0]).toMatch(/MAIL FROM:<a@example\.org>\r\nQUIT\r\n$/)
+      expect(Date.now() - started).toBeLessThan(1500)
+    }))
+
+  it.scopedLive("interrupting a send inside its DATA body closes the socket at once, without QUIT", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session)
+        for (let i = 0; i < 3; i++) await session.reply(`250 2.0.0 ok ${await session.readLine()}`)
+        await session.reply("354 go ahead")
+        await session.stall()
+      })
+      const body = Stream.concat(Stream.make(new TextEncoder().encode("Subject: x\r\n\r\npart")), Stream.never)
+      yield* Effect.scoped(Effect.gen(function*() {
+        const c = yield* connect({ host: "127.0.0.1", port: server.port })
+        const fiber = yield* Effect.fork(c.send({ from: "a@example.org", to: ["b@example.org"] }, body))
+        yield* Effect.sleep("100 millis")
         yield* Fiber.interrupt(fiber)
         expect((yield* c.state).closed).toBe(true)
         yield* Effect.promise(() => server.allClosed(1000))
       }))
-      expect(server.openConnections()).toBe(0)
-      expect(server.transcripts()[0]).not.toContain("QUIT")
+      // Nothing after the body's first bytes (which may still sit in the client's buffer): no QUIT into the body.
+      expect(server.transcripts()[0]).toMatch(/DATA\r\n(Subject: x\r\n\r\npart)?$/)
     }))
 
   it.scopedLive("commands from several fibers run one at a time", () =>
