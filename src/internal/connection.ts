@@ -594,6 +594,13 @@ export const make = (
       lmtp,
       write: (chunks) => writeBytes(chunks, "dataBlock"),
       readReply: (phase, verb, mayHaveBeenDelivered) => readReply(phase, verb, mayHaveBeenDelivered, false),
+      readParsed: () => {
+        // With an `onTranscript` callback the reply's lines must be published by an effect: take the slow path.
+        if (onTranscript !== undefined || parsed.length === 0) return undefined
+        const ready = parsed.shift()!
+        for (const line of SmtpReply.formatLines(ready)) note("server", line)
+        return ready
+      },
       expectSilence,
       note: (line) => note("client", line),
       breakConnection: (error) => breakConnection(`a ${error._tag}`),

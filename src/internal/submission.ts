@@ -30,6 +30,11 @@ export interface Session {
     mayHaveBeenDelivered: boolean
   ) => Effect.Effect<SmtpReply.SmtpReply, NetworkError | TimeoutError | SmtpProtocolError>
   /**
+   * A reply already read and parsed, taken without an effect; undefined when the next one must be waited for
+   * (`readReply`). Most replies of a pipelined batch arrive together, so most are taken here.
+   */
+  readonly readParsed: () => SmtpReply.SmtpReply | undefined
+  /**
    * Fails when the server sent anything that no command awaits (a reply already read, or bytes received and not
    * read): checked before a write when every reply due is in.
    */
@@ -89,6 +94,8 @@ const drive = <K, E, R>(
     )
   })
   const read: Effect.Effect<void> = Effect.suspend(() => {
+    const ready = session.readParsed()
+    if (ready !== undefined) return Effect.sync(() => engine.reply(ready))
     const awaited = engine.awaited()
     return Effect.matchEffect(session.readReply(awaited.phase, awaited.verb, awaited.mayHaveBeenDelivered), {
       onFailure: failed,
@@ -130,7 +137,13 @@ const drive = <K, E, R>(
     )
   })
   const loop: Effect.Effect<"accept" | "idle" | "broken", never, R> = Effect.suspend(() => {
-    const step = engine.next()
+    let step = engine.next()
+    while (step === "read") {
+      const ready = session.readParsed()
+      if (ready === undefined) break
+      engine.reply(ready)
+      step = engine.next()
+    }
     let next: Effect.Effect<void, never, R>
     switch (step) {
       case "write":
