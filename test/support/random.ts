@@ -1,11 +1,2 @@
-/** A small, fast, seeded generator (mulberry32): the same seed gives the same numbers, in [0, 1). */
-export const random = (seed: number): () => number => {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** The benchmarks (`bench/`) still import the seeded generator from here; it lives in `helpers/random.ts`. */
+export * from "./helpers/random.js"
