@@ -7,10 +7,9 @@ import * as fc from "fast-check"
 import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerSession } from "smtp-server"
 import * as SmtpAuth from "../../src/SmtpAuth.js"
 import * as SmtpConfig from "../../src/SmtpConfig.js"
-import * as SmtpConnection from "../../src/SmtpConnection.js"
-import * as SmtpTransport from "../../src/SmtpTransport.js"
 import { answerEhlo, greet, scriptedServer, serveTransaction } from "../support/fakes/scriptedServer.js"
 import { smtpServer } from "../support/fakes/smtpServer.js"
+import { connect, connectLocal } from "../support/helpers/connect.js"
 import { selfSigned } from "../support/helpers/tls.js"
 
 const secret = "s3cr3t-p4ss"
@@ -38,17 +37,12 @@ const authServer = (extra: Record<string, unknown> = {}) => {
   )
 }
 
-const open = (port: number, options: Partial<SmtpConnection.Options> = {}) =>
-  SmtpConnection.make({ host: "127.0.0.1", port, tls: "none", ...options }).pipe(
-    Effect.provide(SmtpTransport.layerNode)
-  )
-
 describe("SmtpConnection.authenticate against smtp-server", () => {
   it.scopedLive("refuses to authenticate in cleartext unless allowed, sending nothing", () =>
     Effect.gen(function*() {
       const server = yield* authServer()
       const error = yield* Effect.scoped(
-        Effect.flatMap(open(server.port), (c) => Effect.flip(c.authenticate({ username: "alice", password })))
+        Effect.flatMap(connectLocal(server.port), (c) => Effect.flip(c.authenticate({ username: "alice", password })))
       )
       expect(error._tag === "SmtpAuthError" && error.failure).toBe("cleartext")
       expect(server.attempts).toEqual([])
@@ -59,7 +53,7 @@ describe("SmtpConnection.authenticate against smtp-server", () => {
       const server = yield* authServer()
       const signIn = (mechanism?: string) =>
         Effect.scoped(Effect.gen(function*() {
-          const c = yield* open(server.port)
+          const c = yield* connectLocal(server.port)
           const name = yield* c.authenticate({ username: "alice", password, allowCleartext: true, mechanism })
           expect((yield* c.state).authenticated).toBe(name)
           return name
@@ -76,7 +70,7 @@ describe("SmtpConnection.authenticate against smtp-server", () => {
       const lines: Array<string> = []
       for (const mechanism of ["PLAIN", "LOGIN", "CRAM-MD5"]) {
         const error = yield* Effect.scoped(Effect.flatMap(
-          open(server.port, { onTranscript: (entry) => Effect.sync(() => lines.push(entry.line)) }),
+          connectLocal(server.port, { onTranscript: (entry) => Effect.sync(() => lines.push(entry.line)) }),
           (c) =>
             Effect.flip(
               c.authenticate({
@@ -103,7 +97,10 @@ describe("SmtpConnection.authenticate against smtp-server", () => {
       let fetches = 0
       const token = Effect.sync(() => Redacted.make(++fetches === 1 ? "expired-token" : "fresh-token"))
       const name = yield* Effect.scoped(
-        Effect.flatMap(open(server.port), (c) => c.authenticate({ username: "alice", token, allowCleartext: true }))
+        Effect.flatMap(
+          connectLocal(server.port),
+          (c) => c.authenticate({ username: "alice", token, allowCleartext: true })
+        )
       )
       expect(name).toBe("XOAUTH2")
       expect(fetches).toBe(2)
@@ -115,7 +112,7 @@ describe("SmtpConnection.authenticate against smtp-server", () => {
       const certificate = selfSigned()
       const server = yield* authServer({ disabledCommands: [], key: certificate.key, cert: certificate.cert })
       const state = yield* Effect.scoped(Effect.flatMap(
-        SmtpConnection.make({
+        connect({
           host: "localhost",
           port: server.port,
           tls: "starttls",
@@ -123,7 +120,6 @@ describe("SmtpConnection.authenticate against smtp-server", () => {
         }),
         (c) => c.state
       )).pipe(
-        Effect.provide(SmtpTransport.layerNode),
         Effect.provide(SmtpAuth.layer({ username: "alice", password, mechanism: "PLAIN" }))
       )
       expect(state.secure).toBe(true)
@@ -133,11 +129,11 @@ describe("SmtpConnection.authenticate against smtp-server", () => {
   it.scopedLive("a server without AUTH, or without a common mechanism, is a clear error", () =>
     Effect.gen(function*() {
       const noAuth = yield* smtpServer({ disabledCommands: ["STARTTLS", "AUTH"] })
-      const notOffered = yield* Effect.scoped(Effect.flatMap(open(noAuth.port), (c) =>
+      const notOffered = yield* Effect.scoped(Effect.flatMap(connectLocal(noAuth.port), (c) =>
         Effect.flip(c.authenticate({ username: "alice", password, allowCleartext: true }))))
       expect(notOffered._tag === "SmtpAuthError" && notOffered.failure).toBe("not-offered")
       const server = yield* authServer()
-      const pinned = yield* Effect.scoped(Effect.flatMap(open(server.port), (c) =>
+      const pinned = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port), (c) =>
         Effect.flip(c.authenticate({ username: "alice", password, allowCleartext: true, mechanism: "SCRAM-SHA-256" }))))
       expect(pinned._tag === "SmtpAuthError" && pinned.failure).toBe("no-common-mechanism")
       expect(pinned.message).toContain("SCRAM-SHA-256")
@@ -145,10 +141,8 @@ describe("SmtpConnection.authenticate against smtp-server", () => {
 })
 
 describe("SmtpConnection.authenticate against scripted servers", () => {
-  const connectTo = (port: number, options: Partial<SmtpConnection.Options> = {}) =>
-    SmtpConnection.make({ host: "127.0.0.1", port, tls: "none", timeout: "2 seconds", ...options }).pipe(
-      Effect.provide(SmtpTransport.layerNode)
-    )
+  /** Every connection here gives each command 2 s. */
+  const quick = { timeout: "2 seconds" } as const
 
   it.scopedLive("a SCRAM server that cannot prove it knows the password is refused, and the exchange cancelled", () =>
     Effect.gen(function*() {
@@ -169,7 +163,7 @@ describe("SmtpConnection.authenticate against scripted servers", () => {
       })
       const error = yield* Effect.scoped(
         Effect.flatMap(
-          connectTo(server.port),
+          connectLocal(server.port, quick),
           (c) => Effect.flip(c.authenticate({ username: "alice", password, allowCleartext: true }))
         )
       )
@@ -189,7 +183,7 @@ describe("SmtpConnection.authenticate against scripted servers", () => {
         await session.reply("501 5.7.0 Authentication cancelled")
         await serveTransaction(session)
       })
-      const error = yield* Effect.scoped(Effect.flatMap(connectTo(server.port), (c) =>
+      const error = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port, quick), (c) =>
         Effect.flip(c.authenticate({ username: "alice", password, allowCleartext: true }))))
       expect(error._tag === "SmtpProtocolError" && error.reason).toBe("a 334 challenge is not base64")
     }))
@@ -201,7 +195,7 @@ describe("SmtpConnection.authenticate against scripted servers", () => {
         await answerEhlo(session, ["PIPELINING", "AUTH PLAIN LOGIN"])
         await serveTransaction(session)
       })
-      const error = yield* Effect.scoped(connectTo(server.port, { tls: "opportunistic" })).pipe(
+      const error = yield* Effect.scoped(connectLocal(server.port, { ...quick, tls: "opportunistic" })).pipe(
         Effect.provide(SmtpAuth.layer({ username: "alice", password })),
         Effect.flip
       )
@@ -222,7 +216,7 @@ describe("SmtpConnection.authenticate against scripted servers", () => {
         })
       const attempt = (port: number) =>
         Effect.scoped(
-          Effect.flatMap(connectTo(port), (c) =>
+          Effect.flatMap(connectLocal(port, quick), (c) =>
             Effect.flip(c.authenticate({ username: "alice", password, allowCleartext: true })))
         )
       const transient = yield* attempt((yield* refuse("454 4.7.0 Temporary authentication failure")).port)
@@ -263,7 +257,7 @@ describe("SmtpConnection.authenticate against scripted servers", () => {
       for (const [mechanism, secretText] of samples) {
         const lines: Array<string> = []
         const error = yield* Effect.scoped(Effect.flatMap(
-          connectTo(server.port, { onTranscript: (entry) => Effect.sync(() => lines.push(entry.line)) }),
+          connectLocal(server.port, { ...quick, onTranscript: (entry) => Effect.sync(() => lines.push(entry.line)) }),
           (c) =>
             Effect.flip(c.authenticate({
               username: "alice",

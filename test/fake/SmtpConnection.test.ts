@@ -21,10 +21,10 @@ import * as SmtpCommand from "../../src/SmtpCommand.js"
 import * as SmtpConfig from "../../src/SmtpConfig.js"
 import * as SmtpConnection from "../../src/SmtpConnection.js"
 import type { SmtpError } from "../../src/SmtpError.js"
-import * as SmtpTransport from "../../src/SmtpTransport.js"
 import type { ScriptedSession } from "../support/fakes/scriptedServer.js"
 import { answerEhlo, greet, scriptedServer, serveTransaction, wellBehaved } from "../support/fakes/scriptedServer.js"
 import { smtpServer } from "../support/fakes/smtpServer.js"
+import { connect } from "../support/helpers/connect.js"
 import { selfSigned } from "../support/helpers/tls.js"
 
 /** A server that greets, answers EHLO, reads one more command and never answers it. */
@@ -62,9 +62,6 @@ const lineReader = (socket: net.Socket) => {
     stop: () => socket.off("data", onData)
   }
 }
-
-const connect = (options: SmtpConnection.Options) =>
-  SmtpConnection.make(options).pipe(Effect.provide(SmtpTransport.layerNode))
 
 /** Runs a scoped program and returns its failure, or fails the test if it succeeded. */
 const failure = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) => Effect.flip(Effect.scoped(effect))

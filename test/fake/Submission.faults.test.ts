@@ -8,13 +8,9 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Stream from "effect/Stream"
-import * as SmtpConnection from "../../src/SmtpConnection.js"
-import * as SmtpTransport from "../../src/SmtpTransport.js"
 import type { ScriptedSession } from "../support/fakes/scriptedServer.js"
 import { answerEhlo, greet, scriptedServer } from "../support/fakes/scriptedServer.js"
-
-const connect = (options: SmtpConnection.Options) =>
-  SmtpConnection.make(options).pipe(Effect.provide(SmtpTransport.layerNode))
+import { connect } from "../support/helpers/connect.js"
 
 const envelope = { from: "a@example.org", to: ["b@example.org"] }
 

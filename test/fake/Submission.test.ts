@@ -14,9 +14,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as BdatEncoder from "../../src/BdatEncoder.js"
 import * as DataEncoder from "../../src/DataEncoder.js"
-import * as SmtpConnection from "../../src/SmtpConnection.js"
 import * as SmtpSubmission from "../../src/SmtpSubmission.js"
-import * as SmtpTransport from "../../src/SmtpTransport.js"
 import { readerOver } from "../support/fakes/readerBody.js"
 import type { ScriptedSession, ServedMessage } from "../support/fakes/scriptedServer.js"
 import {
@@ -28,17 +26,11 @@ import {
 } from "../support/fakes/scriptedServer.js"
 import { smtpServer } from "../support/fakes/smtpServer.js"
 import { latin1 } from "../support/helpers/bytes.js"
+import { connectLocal } from "../support/helpers/connect.js"
 import { random } from "../support/helpers/random.js"
 
-const connect = (port: number, options: Partial<SmtpConnection.Options> = {}) =>
-  SmtpConnection.make({
-    host: "127.0.0.1",
-    port,
-    tls: "none",
-    clientName: "client.example",
-    timeout: "5 seconds",
-    ...options
-  }).pipe(Effect.provide(SmtpTransport.layerNode))
+/** What every connection here shares, on top of `connectLocal`'s plaintext to 127.0.0.1. */
+const clientOptions = { clientName: "client.example", timeout: "5 seconds" } as const
 
 /** Reads `n` command lines before answering any of them: a client that waits for a reply in between never gets one. */
 const readGroup = async (session: ScriptedSession, n: number): Promise<Array<string>> => {
@@ -77,7 +69,7 @@ describe("pipelined DATA (RFC 2920)", () => {
         await session.reply("250 2.0.0 Ok: queued as FIRST")
       })
       const [first, second] = yield* Effect.scoped(Effect.gen(function*() {
-        const c = yield* connect(server.port)
+        const c = yield* connectLocal(server.port, clientOptions)
         const first = yield* c.send(
           { from: "a@example.org", to: ["ok@example.org", "busy@example.org", "gone@example.org"] },
           "first"
@@ -118,7 +110,7 @@ describe("pipelined DATA (RFC 2920)", () => {
       })
       const result = yield* Effect.scoped(
         Effect.flatMap(
-          connect(server.port),
+          connectLocal(server.port, clientOptions),
           (c) => Effect.either(c.send({ from: "a@example.org", to: ["gone@example.org"] }, "SECRET BODY\r\n"))
         )
       )
@@ -134,7 +126,7 @@ describe("pipelined DATA (RFC 2920)", () => {
         await session.write("250 2.1.0 Ok\r\n550 5.1.1 No\r\n450 4.2.1 Later\r\n554 5.5.1 No valid recipients\r\n")
       })
       const [refused, next] = yield* Effect.scoped(Effect.gen(function*() {
-        const c = yield* connect(server.port)
+        const c = yield* connectLocal(server.port, clientOptions)
         const refused = yield* Effect.flip(
           c.send({ from: "a@example.org", to: ["gone@example.org", "later@example.org"] }, "x")
         )
@@ -154,7 +146,7 @@ describe("pipelined DATA (RFC 2920)", () => {
         await session.write("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 No such user\r\n")
       })
       const error = yield* Effect.scoped(
-        Effect.flatMap(connect(server.port), (c) =>
+        Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
           Effect.flip(
             c.send({ from: "a@example.org", to: ["ok@example.org", "gone@example.org"] }, "x", {
               policy: "all-or-nothing"
@@ -184,7 +176,8 @@ describe("pipelined DATA (RFC 2920)", () => {
         await session.reply("250 Ok: queued")
       })
       const result = yield* Effect.scoped(
-        Effect.flatMap(connect(server.port), (c) => c.send({ from: "a@example.org", to: ["b@example.org"] }, "x"))
+        Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
+          c.send({ from: "a@example.org", to: ["b@example.org"] }, "x"))
       )
       expect(result.roundTrips).toBe(4)
       expect(server.scriptErrors()).toEqual([])
@@ -206,7 +199,7 @@ describe("many messages on one connection", () => {
         }
         await session.reply(`250 2.0.0 Ok: queued as M${count - 1}`)
       })
-      const results = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
+      const results = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
         Stream.runCollect(c.sendAll(
           Array.from({ length: count }, (_, i) => ({
             envelope: { from: "a@example.org", to: [`r${i}@example.org`] },
@@ -214,7 +207,9 @@ describe("many messages on one connection", () => {
           }))
         ))))
       const sent = Chunk.toReadonlyArray(results).map(Either.getOrThrow)
-      expect(sent.map((r) => r.response.lines[0])).toEqual(
+      expect(sent.map((r) =>
+        r.response.lines[0]
+      )).toEqual(
         Array.from({ length: count }, (_, i) => `Ok: queued as M${i}`)
       )
       expect(bodies).toEqual(Array.from({ length: count }, (_, i) => `message ${i}\r\n`))
@@ -241,14 +236,16 @@ describe("many messages on one connection", () => {
           await session.write(replies)
         }
       })
-      const results = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
-        Stream.runCollect(c.sendAll(
-          Array.from({ length: window * rounds }, (_, i) => ({
-            envelope: { from: "a@example.org", to: [`r${i}@example.org`] },
-            body: `.dot\nbare LF ${i}`
-          })),
-          { window }
-        ))))
+      const results = yield* Effect.scoped(
+        Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
+          Stream.runCollect(c.sendAll(
+            Array.from({ length: window * rounds }, (_, i) => ({
+              envelope: { from: "a@example.org", to: [`r${i}@example.org`] },
+              body: `.dot\nbare LF ${i}`
+            })),
+            { window }
+          )))
+      )
       const sent = Chunk.toReadonlyArray(results).map(Either.getOrThrow)
       expect(sent.map((r) => [r.method, r.response.lines[0]])).toEqual(
         Array.from({ length: window * rounds }, (_, i) => ["BDAT", `Ok: queued as B${i}`])
@@ -261,13 +258,15 @@ describe("many messages on one connection", () => {
   it.scopedLive("a message refused by bad input comes out in its place and costs nothing on the wire", () =>
     Effect.gen(function*() {
       const server = yield* recording(["PIPELINING", "SIZE 1000"])
-      const results = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
-        Stream.runCollect(c.sendAll([
-          { envelope: { from: "a@example.org", to: ["one@example.org"] }, body: "one" },
-          { envelope: { from: "a@example.org", to: ["bad\r\nRSET@example.org"] }, body: "two" },
-          { envelope: { from: "a@example.org", to: ["big@example.org"] }, body: "line\r\n".repeat(300) },
-          { envelope: { from: "a@example.org", to: ["four@example.org"] }, body: "four" }
-        ]))))
+      const results = yield* Effect.scoped(
+        Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
+          Stream.runCollect(c.sendAll([
+            { envelope: { from: "a@example.org", to: ["one@example.org"] }, body: "one" },
+            { envelope: { from: "a@example.org", to: ["bad\r\nRSET@example.org"] }, body: "two" },
+            { envelope: { from: "a@example.org", to: ["big@example.org"] }, body: "line\r\n".repeat(300) },
+            { envelope: { from: "a@example.org", to: ["four@example.org"] }, body: "four" }
+          ])))
+      )
       const outcomes = Chunk.toReadonlyArray(results).map(Either.match({
         onLeft: (error) => error._tag,
         onRight: (result) => result.accepted[0]!.recipient
@@ -287,14 +286,16 @@ describe("many messages on one connection", () => {
         await readGroup(session, 3)
         session.drop()
       })
-      const results = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
-        Stream.runCollect(c.sendAll(
-          Array.from({ length: 4 }, (_, i) => ({
-            envelope: { from: "a@example.org", to: [`r${i}@example.org`] },
-            body: "m"
-          })),
-          { window: 1 }
-        ))))
+      const results = yield* Effect.scoped(
+        Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
+          Stream.runCollect(c.sendAll(
+            Array.from({ length: 4 }, (_, i) => ({
+              envelope: { from: "a@example.org", to: [`r${i}@example.org`] },
+              body: "m"
+            })),
+            { window: 1 }
+          )))
+      )
       const outcomes = Chunk.toReadonlyArray(results).map(Either.match({
         onLeft: (error) => error._tag,
         onRight: (result) => result.response.lines[0]
@@ -316,7 +317,7 @@ describe("what a failure says about delivery", () => {
       })
       const error = yield* Effect.scoped(
         Effect.flatMap(
-          connect(server.port),
+          connectLocal(server.port, clientOptions),
           (c) => Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, "x"))
         )
       )
@@ -335,14 +336,16 @@ describe("what a failure says about delivery", () => {
         }
         session.drop()
       })
-      const results = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
-        Stream.runCollect(c.sendAll(
-          Array.from({ length: 3 }, (_, i) => ({
-            envelope: { from: "a@example.org", to: [`r${i}@example.org`] },
-            body: `m${i}`
-          })),
-          { window: 2 }
-        ))))
+      const results = yield* Effect.scoped(
+        Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
+          Stream.runCollect(c.sendAll(
+            Array.from({ length: 3 }, (_, i) => ({
+              envelope: { from: "a@example.org", to: [`r${i}@example.org`] },
+              body: `m${i}`
+            })),
+            { window: 2 }
+          )))
+      )
       const flags = Chunk.toReadonlyArray(results).map(Either.match({
         onLeft: (error) => error._tag === "NetworkError" ? error.mayHaveBeenDelivered === true : error._tag,
         onRight: () => "sent"
@@ -361,13 +364,19 @@ describe("a message refused before sending, in a batch that then fails", () => {
         await readGroup(session, 3)
         session.drop()
       })
-      const results = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
+      const results = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
         Stream.runCollect(c.sendAll([
           { envelope: { from: "a@example.org", to: ["one@example.org"] }, body: "one" },
           { envelope: { from: "a@example.org", to: ["bad\nRSET@example.org"] }, body: "two" },
           { envelope: { from: "a@example.org", to: ["three@example.org"] }, body: "three" }
         ]))))
-      expect(Chunk.toReadonlyArray(results).map(Either.match({ onLeft: (e) => e._tag, onRight: () => "sent" })))
+      expect(
+        Chunk.toReadonlyArray(results).map(Either.match({
+          onLeft: (e) =>
+            e._tag,
+          onRight: () => "sent"
+        }))
+      )
         .toEqual(["NetworkError", "InvalidInputError", "NetworkError"])
     }))
 })
@@ -381,7 +390,7 @@ describe("BDAT (RFC 3030)", () => {
         body = await session.readBytes(Number(/^BDAT (\d+) LAST$/.exec(bdat!)![1]))
         await session.write("250 Ok\r\n250 Ok\r\n250 2.0.0 Ok: queued as C\r\n")
       })
-      const result = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
+      const result = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
         c.send({ from: "a@example.org", to: ["b@example.org"] }, "Subject: x\r\n\r\n.leading dot\r\n")))
       expect(result.method).toBe("BDAT")
       expect(result.roundTrips).toBe(1)
@@ -391,7 +400,7 @@ describe("BDAT (RFC 3030)", () => {
   it.scopedLive("chunking: false uses DATA even when CHUNKING is offered", () =>
     Effect.gen(function*() {
       const server = yield* recording(["PIPELINING", "CHUNKING"])
-      const result = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
+      const result = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
         c.send({ from: "a@example.org", to: ["b@example.org"] }, "x", { chunking: false })))
       expect(result.method).toBe("DATA")
       expect(server.transcripts()[0]).toContain("DATA\r\nx\r\n.\r\n")
@@ -403,7 +412,7 @@ describe("BDAT (RFC 3030)", () => {
       // Over the engine's least BDAT chunk of a streamed body (512 KiB), so that it goes before the failure.
       const chunk = new TextEncoder().encode(`${"a".repeat(70)}\r\n`.repeat(9000))
       const [failed, next] = yield* Effect.scoped(Effect.gen(function*() {
-        const c = yield* connect(server.port)
+        const c = yield* connectLocal(server.port, clientOptions)
         const failing = Stream.concat(Stream.make(chunk), Stream.fail("disk error" as const))
         const failed = yield* Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, failing))
         const next = yield* c.send({ from: "a@example.org", to: ["c@example.org"] }, "next")
@@ -435,7 +444,7 @@ describe("LMTP (RFC 2033)", () => {
       })
       const result = yield* Effect.scoped(
         Effect.flatMap(
-          connect(server.port, { lmtp: true }),
+          connectLocal(server.port, { ...clientOptions, lmtp: true }),
           (c) => c.send({ from: "s@example.org", to: ["a@example.org", "b@example.org", "c@example.org"] }, "hi")
         )
       )
@@ -463,7 +472,7 @@ describe("LMTP (RFC 2033)", () => {
       })
       const error = yield* Effect.scoped(
         Effect.flatMap(
-          connect(server.port, { lmtp: true }),
+          connectLocal(server.port, { ...clientOptions, lmtp: true }),
           (c) => Effect.flip(c.send({ from: "s@example.org", to: ["a@example.org", "b@example.org"] }, "hi"))
         )
       )
@@ -478,7 +487,7 @@ describe("extensions", () => {
     Effect.gen(function*() {
       const server = yield* recording(["PIPELINING", "SIZE 100"])
       const [ok, tooBig] = yield* Effect.scoped(Effect.gen(function*() {
-        const c = yield* connect(server.port)
+        const c = yield* connectLocal(server.port, clientOptions)
         const ok = yield* c.send({ from: "a@example.org", to: ["b@example.org"] }, "12345")
         const tooBig = yield* Effect.flip(c.send({ from: "a@example.org", to: ["big@example.org"] }, "x".repeat(101)))
         return [ok, tooBig] as const
@@ -496,13 +505,13 @@ describe("extensions", () => {
       const without = yield* recording(["PIPELINING"])
       yield* Effect.scoped(
         Effect.flatMap(
-          connect(with8bit.port),
+          connectLocal(with8bit.port, clientOptions),
           (c) => c.send({ from: "a@example.org", to: ["b@example.org"] }, "Subject: x\r\n\r\ncafé")
         )
       )
       const refused = yield* Effect.scoped(
         Effect.flatMap(
-          connect(without.port),
+          connectLocal(without.port, clientOptions),
           (c) => Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, "Subject: x\r\n\r\ncafé"))
         )
       )
@@ -519,7 +528,7 @@ describe("extensions", () => {
         await session.write("250 Ok\r\n250 Ok\r\n354 Go\r\n")
         outcome = await session.readData().catch((error) => error)
       })
-      const error = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
+      const error = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
         Effect.flip(
           c.send(
             { from: "a@example.org", to: ["b@example.org"] },
@@ -536,14 +545,19 @@ describe("extensions", () => {
       const utf8 = yield* recording(["PIPELINING", "8BITMIME", "SMTPUTF8"])
       const ascii = yield* recording(["PIPELINING", "8BITMIME"])
       yield* Effect.scoped(
-        Effect.flatMap(connect(utf8.port), (c) => c.send({ from: "jörg@example.org", to: ["b@bücher.example"] }, "x"))
+        Effect.flatMap(
+          connectLocal(utf8.port, clientOptions),
+          (c) => c.send({ from: "jörg@example.org", to: ["b@bücher.example"] }, "x")
+        )
       )
-      const refused = yield* Effect.scoped(Effect.flatMap(connect(ascii.port), (c) =>
-        Effect.gen(function*() {
-          const refused = yield* Effect.flip(c.send({ from: "jörg@example.org", to: ["b@example.org"] }, "x"))
-          yield* c.send({ from: "a@example.org", to: ["b@bücher.example"] }, "x")
-          return refused
-        })))
+      const refused = yield* Effect.scoped(
+        Effect.flatMap(connectLocal(ascii.port, clientOptions), (c) =>
+          Effect.gen(function*() {
+            const refused = yield* Effect.flip(c.send({ from: "jörg@example.org", to: ["b@example.org"] }, "x"))
+            yield* c.send({ from: "a@example.org", to: ["b@bücher.example"] }, "x")
+            return refused
+          }))
+      )
       const utf8Lines = Buffer.from(utf8.transcripts()[0]!, "latin1").toString("utf8").split("\r\n")
       expect(utf8Lines).toContain("MAIL FROM:<jörg@example.org> SMTPUTF8")
       expect(utf8Lines).toContain("RCPT TO:<b@bücher.example>")
@@ -555,7 +569,7 @@ describe("extensions", () => {
   it.scopedLive("UTF-8 in the headers needs SMTPUTF8", () =>
     Effect.gen(function*() {
       const server = yield* recording(["PIPELINING", "8BITMIME"])
-      const refused = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
+      const refused = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
         Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, "Subject: café\r\n\r\nbody\r\n"))))
       expect(refused._tag === "SmtpCapabilityError" && refused.capability).toBe("SMTPUTF8")
     }))
@@ -576,9 +590,9 @@ describe("extensions", () => {
         mailParameters: { ret: "HDRS", envelopeId: "id+1" },
         rcptParameters: { notify: "NEVER" }
       }
-      yield* Effect.scoped(Effect.flatMap(connect(dsn.port), (c) => c.send(envelope, "x")))
+      yield* Effect.scoped(Effect.flatMap(connectLocal(dsn.port, clientOptions), (c) => c.send(envelope, "x")))
       const refused = yield* Effect.scoped(
-        Effect.flatMap(connect(none.port), (c) => Effect.flip(c.send(envelope, "x")))
+        Effect.flatMap(connectLocal(none.port, clientOptions), (c) => Effect.flip(c.send(envelope, "x")))
       )
       expect(commandsAfterEhlo(dsn.transcripts()[0]!).slice(0, 3)).toEqual([
         "MAIL FROM:<a@example.org> RET=HDRS ENVID=id+2B1",
@@ -592,7 +606,7 @@ describe("extensions", () => {
   it.scopedLive("REQUIRETLS is refused on a cleartext connection, before anything is sent", () =>
     Effect.gen(function*() {
       const server = yield* recording(["PIPELINING", "REQUIRETLS"])
-      const refused = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
+      const refused = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
         Effect.flip(
           c.send({ from: "a@example.org", to: ["b@example.org"], mailParameters: { requireTls: true } }, "x")
         )))
@@ -611,13 +625,13 @@ describe("extensions", () => {
       ])
       yield* Effect.scoped(
         Effect.flatMap(
-          connect(binary.port),
+          connectLocal(binary.port, clientOptions),
           (c) => c.send({ from: "a@example.org", to: ["b@example.org"] }, bytes, { bodyType: "BINARYMIME" })
         )
       )
       const refused = yield* Effect.scoped(
         Effect.flatMap(
-          connect(textOnly.port),
+          connectLocal(textOnly.port, clientOptions),
           (c) =>
             Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, bytes, { bodyType: "BINARYMIME" }))
         )
@@ -635,14 +649,14 @@ describe("extensions", () => {
       const textOnly = yield* recording(["PIPELINING", "CHUNKING", "8BITMIME"])
       const withNul = "Subject: nul\r\n\r\na\u0000b\r\n"
       const longLine = `Subject: long\r\n\r\n${"y".repeat(1200)}\r\n`
-      yield* Effect.scoped(Effect.flatMap(connect(binary.port), (c) =>
+      yield* Effect.scoped(Effect.flatMap(connectLocal(binary.port, clientOptions), (c) =>
         Effect.zipRight(
           c.send({ from: "a@example.org", to: ["b@example.org"] }, withNul),
           c.send({ from: "a@example.org", to: ["c@example.org"] }, longLine)
         )))
       const refused = yield* Effect.scoped(
         Effect.flatMap(
-          connect(textOnly.port),
+          connectLocal(textOnly.port, clientOptions),
           (c) => Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, withNul))
         )
       )
@@ -661,7 +675,7 @@ describe("extensions", () => {
       const server = yield* recording(["PIPELINING"])
       const refused = yield* Effect.scoped(
         Effect.flatMap(
-          connect(server.port),
+          connectLocal(server.port, clientOptions),
           (c) => Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, "x".repeat(999)))
         )
       )
@@ -692,7 +706,7 @@ describe("bodies", () => {
           }
         })
         const result = yield* Effect.scoped(Effect.gen(function*() {
-          const c = yield* connect(server.port)
+          const c = yield* connectLocal(server.port, clientOptions)
           return yield* c.send({ from: "a@example.org", to: ["b@example.org"] }, yield* SmtpSubmission.fileBody(path))
         })).pipe(Effect.provide(NodeFileSystem.layer))
         expect(result.response.code).toBe(250)
@@ -756,7 +770,7 @@ describe("streamed bodies through the connection's block", () => {
           const { server, served } = yield* serving(capabilities)
           const bodies = [trickyBody(3_000_000, 1), trickyBody(50_000, 2), trickyBody(2_500_000, 3)]
           const results = yield* Effect.scoped(Effect.gen(function*() {
-            const c = yield* connect(server.port, { timeout: "30 seconds" })
+            const c = yield* connectLocal(server.port, { ...clientOptions, timeout: "30 seconds" })
             return yield* Stream.runCollect(c.sendAll([
               {
                 envelope: { from: "a@example.org", to: ["b@example.org"] },
@@ -807,7 +821,7 @@ describe("streamed bodies through the connection's block", () => {
           })()))
         })
       const [failed, sent] = yield* Effect.scoped(Effect.gen(function*() {
-        const c = yield* connect(server.port)
+        const c = yield* connectLocal(server.port, clientOptions)
         const failed = yield* Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, reader(4)))
         events.push("failed")
         const sent = yield* c.send({ from: "a@example.org", to: ["c@example.org"] }, reader(0))

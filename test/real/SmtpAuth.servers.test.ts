@@ -2,8 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import * as SmtpAuth from "../../src/SmtpAuth.js"
-import * as SmtpConnection from "../../src/SmtpConnection.js"
-import * as SmtpTransport from "../../src/SmtpTransport.js"
+import type * as SmtpConnection from "../../src/SmtpConnection.js"
 import { aiosmtpdBinaries, aiosmtpdInstall, startAiosmtpd } from "../support/daemons/aiosmtpd.js"
 import {
   dovecotBinaries,
@@ -13,6 +12,7 @@ import {
   startPostfix
 } from "../support/daemons/postfix.js"
 import { requireServer } from "../support/daemons/servers.js"
+import { connect } from "../support/helpers/connect.js"
 
 const user = "alice@example.org"
 const password = "correct horse battery staple"
@@ -28,7 +28,7 @@ const signIn = (
   extra: Partial<SmtpAuth.Settings> = {}
 ) =>
   Effect.scoped(Effect.gen(function*() {
-    const connection = yield* SmtpConnection.make(options)
+    const connection = yield* connect(options)
     const name = yield* connection.authenticate({
       username: user,
       password: Redacted.make(secret),
@@ -41,7 +41,7 @@ const signIn = (
     // Signed in, the session goes on.
     expect((yield* connection.noop()).code).toBe(250)
     return name
-  })).pipe(Effect.provide(SmtpTransport.layerNode))
+  }))
 
 describe.skipIf(!withAiosmtpd)("every mechanism against aiosmtpd (Debian)", () => {
   it.scopedLive("PLAIN, LOGIN and CRAM-MD5 sign in; a wrong password is a 535", () =>
@@ -76,7 +76,7 @@ describe.skipIf(!withDovecot)("every mechanism against Postfix with Dovecot SASL
       const server = yield* startPostfix({ sasl: { users: [{ user, password }] } })
       const before = (yield* server.messages()).length
       const state = yield* Effect.scoped(Effect.gen(function*() {
-        const connection = yield* SmtpConnection.make({
+        const connection = yield* connect({
           host: server.servername,
           port: server.ports.starttls,
           tls: "starttls",
@@ -85,7 +85,6 @@ describe.skipIf(!withDovecot)("every mechanism against Postfix with Dovecot SASL
         yield* connection.send({ from: user, to: ["rcpt@example.org"] }, "Subject: signed in\r\n\r\nhello\r\n")
         return yield* connection.state
       })).pipe(
-        Effect.provide(SmtpTransport.layerNode),
         Effect.provide(SmtpAuth.layer({ username: user, password: Redacted.make(password) }))
       )
       expect(state.secure).toBe(true)

@@ -7,17 +7,13 @@ import * as path from "node:path"
 import { promisify } from "node:util"
 import * as Capabilities from "../../src/Capabilities.js"
 import * as SmtpCommand from "../../src/SmtpCommand.js"
-import * as SmtpConnection from "../../src/SmtpConnection.js"
 import * as SmtpReply from "../../src/SmtpReply.js"
-import * as SmtpTransport from "../../src/SmtpTransport.js"
 import { Postfix, postfixBinaries, postfixInstall } from "../support/daemons/postfix.js"
 import type { PostfixServer } from "../support/daemons/postfix.js"
 import { requireServer } from "../support/daemons/servers.js"
+import { connect } from "../support/helpers/connect.js"
 
 const available = requireServer("Postfix", postfixBinaries, postfixInstall)
-
-const connect = (options: SmtpConnection.Options) =>
-  SmtpConnection.make(options).pipe(Effect.provide(SmtpTransport.layerNode))
 
 /** The message as Postfix stored it, without the headers Postfix put on top (Return-Path, X-Original-To, Delivered-To,
  * Received). */

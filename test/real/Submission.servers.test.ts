@@ -9,13 +9,12 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import * as SmtpConnection from "../../src/SmtpConnection.js"
-import * as SmtpTransport from "../../src/SmtpTransport.js"
 import { aiosmtpdBinaries, aiosmtpdInstall, startAiosmtpd } from "../support/daemons/aiosmtpd.js"
 import { eximAddedHeaders, eximBinaries, eximInstall, startExim } from "../support/daemons/exim.js"
 import { postfixBinaries, postfixInstall, startPostfix } from "../support/daemons/postfix.js"
 import { requireServer } from "../support/daemons/servers.js"
 import { smtpServer } from "../support/fakes/smtpServer.js"
+import { connectLocal } from "../support/helpers/connect.js"
 
 const utf8 = new TextEncoder()
 
@@ -62,9 +61,8 @@ interface Target {
   readonly stored: (count: number) => Effect.Effect<ReadonlyArray<string>, Error>
 }
 
-const connect = (port: number) =>
-  SmtpConnection.make({ host: "127.0.0.1", port, tls: "none", clientName: "client.example", timeout: "20 seconds" })
-    .pipe(Effect.provide(SmtpTransport.layerNode))
+/** What every connection here shares, on top of `connectLocal`'s plaintext to 127.0.0.1. */
+const clientOptions = { clientName: "client.example", timeout: "20 seconds" } as const
 
 const decode = (bytes: Uint8Array) => Buffer.from(bytes).toString("utf8")
 
@@ -137,7 +135,7 @@ describe("the tricky message on real servers", () => {
             for (const mode of modes) {
               const chunking = mode === "BDAT"
               const results = yield* Effect.scoped(Effect.gen(function*() {
-                const c = yield* connect(server.port)
+                const c = yield* connectLocal(server.port, clientOptions)
                 const first = yield* c.send({ from: "jörg@example.org", to: ["rcpt@example.org"] }, tricky(mode), {
                   chunking
                 })
@@ -173,7 +171,7 @@ describe("the tricky message on real servers", () => {
           Effect.scoped(Effect.gen(function*() {
             const server = yield* start
             const count = 40
-            const results = yield* Effect.scoped(Effect.flatMap(connect(server.port), (c) =>
+            const results = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
               Stream.runCollect(c.sendAll(
                 Array.from({ length: count }, (_, i) => ({
                   envelope: { from: "sender@example.org", to: ["rcpt@example.org"] },
@@ -183,7 +181,9 @@ describe("the tricky message on real servers", () => {
               ))))
             const sent = Chunk.toReadonlyArray(results).map(Either.getOrThrow)
             expect(sent).toHaveLength(count)
-            expect(sent.every((r) => r.method === (server.chunking ? "BDAT" : "DATA"))).toBe(true)
+            expect(sent.every((r) =>
+              r.method === (server.chunking ? "BDAT" : "DATA")
+            )).toBe(true)
             const stored = yield* server.stored(count)
             for (let i = 0; i < count; i++) {
               expect(stored.filter((s) => s.includes(`<batch-${i}@example.org>`)), `batch ${i}`).toHaveLength(1)
