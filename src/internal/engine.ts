@@ -399,9 +399,8 @@ export class Engine<K, E> {
     const t = new Transaction<K>(key, p.method, p)
     this.open.push(t)
     this.active = t
-    const inTurn = !p.pipelining || p.allOrNothing
-    if (!p.pipelining && this.awaiting) {
-      // Without PIPELINING nothing is written while a reply is due: the MAIL waits for its turn.
+    if (!p.pipelining) {
+      // Without PIPELINING every command waits for the reply to the one before (RFC 5321 §4.3.1).
       t.stage = "InTurn"
       t.nextRecipient = -1
       return
@@ -411,15 +410,10 @@ export class Engine<K, E> {
       this.queueReset()
     }
     this.command(p.mail, p.mailLine, { kind: Kind.Mail, transaction: t, recipient: "" })
-    if (!p.pipelining) {
-      t.stage = "InTurn"
-      t.nextRecipient = 0
-      return
-    }
     for (const r of p.recipients) {
       this.command(r.bytes, r.line, { kind: Kind.Rcpt, transaction: t, recipient: r.recipient })
     }
-    if (inTurn) t.stage = "Decide"
+    if (p.allOrNothing) t.stage = "Decide"
     else this.startBody(t)
   }
 
@@ -626,6 +620,7 @@ export class Engine<K, E> {
           if (this.resetPending) {
             this.resetPending = false
             this.queueReset()
+            return undefined
           }
           this.command(p.mail, p.mailLine, { kind: Kind.Mail, transaction: t, recipient: "" })
           t.nextRecipient = 0

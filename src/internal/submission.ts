@@ -113,8 +113,9 @@ const drive = <K, E, R>(
     const piece = (chunk: Uint8Array, from: number): Effect.Effect<void, typeof STOP> => {
       const at = engine.bodyChunk(chunk, from)
       if (at < chunk.length && engine.broken === undefined) {
-        // The block was full: what it held goes out, and the rest of the chunk follows.
-        return Effect.flatMap(write, () => engine.broken === undefined ? piece(chunk, at) : Effect.fail(STOP))
+        // The block was full: what it held goes out (and, without PIPELINING, its chunk is answered) before the rest
+        // of the chunk follows.
+        return Effect.flatMap(write, () => Effect.flatMap(serve, (more) => more ? piece(chunk, at) : Effect.fail(STOP)))
       }
       return Effect.flatMap(serve, (more) => more ? Effect.void : Effect.fail(STOP))
     }
