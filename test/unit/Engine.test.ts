@@ -26,11 +26,14 @@ interface MessageScript {
 }
 
 /** A message as the peer received it. */
-interface Received {
-  readonly from: string
-  readonly to: Array<string>
-  body: Buffer
-  method: "DATA" | "BDAT" | undefined
+class Received {
+  readonly to: Array<string> = []
+  readonly parts: Array<Buffer> = []
+  method: "DATA" | "BDAT" | undefined = undefined
+  constructor(readonly from: string) {}
+  get body(): Buffer {
+    return Buffer.concat(this.parts)
+  }
 }
 
 const text = (code: number) => code === 354 ? "354 go ahead" : `${code} ${Math.floor(code / 100)}.0.0 scripted`
@@ -51,8 +54,13 @@ class Peer {
   readonly received: Array<Received> = []
   readonly violations: Array<string> = []
   readonly commands: Array<string> = []
-  /** Replies to send, as bytes; `inject` puts others among them. */
+  /** Replies to send, as bytes; `override` puts others among them. */
   out = ""
+  /** Replies produced so far, and replies the client has taken (set by the driver). */
+  produced = 0
+  fed = 0
+  /** Without PIPELINING: a command before the client took every reply is a violation (RFC 5321 §4.3.1). */
+  strict = false
 
   constructor(
     readonly script: ReadonlyArray<MessageScript>,
@@ -62,6 +70,7 @@ class Peer {
   ) {}
 
   private replyTo(verb: string, reply: string) {
+    this.produced++
     this.out += this.override(this.commands.length - 1, verb, reply)
       .split("\n")
       .map((line) => `${line}\r\n`)
@@ -69,13 +78,13 @@ class Peer {
   }
 
   receive(bytes: Uint8Array) {
-    this.input = Buffer.concat([this.input, bytes])
+    this.input = this.input.length === 0 ? Buffer.from(bytes) : Buffer.concat([this.input, bytes])
     while (true) {
       if (this.mode === "bdat") {
         const take = Math.min(this.bdatLeft, this.input.length)
         const current = this.received[this.received.length - 1]
         if (current !== undefined && this.inTransaction) {
-          current.body = Buffer.concat([current.body, this.input.subarray(0, take)])
+          current.parts.push(this.input.subarray(0, take))
         }
         this.input = this.input.subarray(take)
         this.bdatLeft -= take
@@ -95,10 +104,7 @@ class Peer {
         } else {
           const current = this.received[this.received.length - 1]!
           if (this.inTransaction) {
-            current.body = Buffer.concat([
-              current.body,
-              Buffer.from(`${line.startsWith(".") ? line.slice(1) : line}\r\n`, "latin1")
-            ])
+            current.parts.push(Buffer.from(`${line.startsWith(".") ? line.slice(1) : line}\r\n`, "latin1"))
           }
         }
         continue
@@ -112,6 +118,7 @@ class Peer {
   }
 
   private command(line: string) {
+    if (this.strict && this.fed < this.produced) this.violations.push(`pipelined without PIPELINING: ${line}`)
     this.commands.push(line)
     const verb = line.split(" ")[0]!
     if (verb === "MAIL") {
@@ -121,7 +128,7 @@ class Peer {
       const code = this.current().mail
       this.inTransaction = code < 300
       if (this.inTransaction) {
-        this.received.push({ from: /<(.*)>/.exec(line)![1]!, to: [], body: Buffer.alloc(0), method: undefined })
+        this.received.push(new Received(/<(.*)>/.exec(line)![1]!))
       }
       return this.replyTo(verb, text(code))
     }
@@ -219,45 +226,59 @@ const drive = (
   let cut = 0
   let next = 0
   let writes = 0
+  const write = () => {
+    // What the driver checks before a write when nothing is due: the server has said nothing out of turn.
+    if (engine.quiet && (parsed.length > 0 || peer.out.length > 0)) {
+      engine.fail(new SmtpProtocolError({ reason: "a reply came while no command awaited one" }))
+      return
+    }
+    const bytes = Buffer.concat(engine.takeOutput())
+    writes++
+    peer.receive(bytes)
+    engine.written()
+  }
+  const read = () => {
+    while (parsed.length === 0) {
+      if (peer.out.length === 0) throw new Error("the machine awaits a reply the server never sends")
+      const size = Math.max(1, cuts[cut++ % cuts.length]!)
+      const piece = peer.out.slice(0, size)
+      peer.out = peer.out.slice(size)
+      const step = parser.push(Buffer.from(piece, "latin1"))
+      if (step.error !== undefined) throw step.error
+      parsed.push(...step.replies)
+    }
+    peer.fed++
+    engine.reply(parsed.shift()!)
+  }
+  /** As the driver's `serve`: writes and reads until the machine wants more of the body (true), or not (false). */
+  const serve = (): boolean => {
+    for (let step = engine.next();; step = engine.next()) {
+      if (step === "write") write()
+      else if (step === "read") read()
+      else return step === "body"
+    }
+  }
   for (let guard = 0; guard < 100_000; guard++) {
     const step = engine.next()
     if (step === "write") {
-      // What the driver checks before a write when nothing is due: the server has said nothing out of turn.
-      if (engine.quiet && (parsed.length > 0 || peer.out.length > 0)) {
-        engine.fail(new SmtpProtocolError({ reason: "a reply came while no command awaited one" }))
-        continue
-      }
-      const bytes = Buffer.concat(engine.takeOutput())
-      writes++
-      peer.receive(bytes)
-      engine.written()
+      write()
     } else if (step === "read") {
-      while (parsed.length === 0) {
-        if (peer.out.length === 0) throw new Error("the machine awaits a reply the server never sends")
-        const size = Math.max(1, cuts[cut++ % cuts.length]!)
-        const piece = peer.out.slice(0, size)
-        peer.out = peer.out.slice(size)
-        const step = parser.push(Buffer.from(piece, "latin1"))
-        if (step.error !== undefined) throw step.error
-        parsed.push(...step.replies)
-      }
-      engine.reply(parsed.shift()!)
+      read()
     } else if (step === "body") {
       const chunks = Chunk.toReadonlyArray(
         Effect.runSync(Stream.runCollect(engine.wantedBody() as Stream.Stream<Uint8Array>))
       )
+      let wanted = true
       for (const chunk of chunks) {
-        let at = 0
-        while (at < chunk.length) {
+        let at = engine.bodyChunk(chunk, 0)
+        while (at < chunk.length && engine.broken === undefined) {
+          write()
+          if (!(wanted = serve())) break
           at = engine.bodyChunk(chunk, at)
-          if (at < chunk.length) {
-            peer.receive(Buffer.concat(engine.takeOutput()))
-            engine.written()
-          }
         }
-        if (engine.next() !== "body") break
+        if (!wanted || !(wanted = serve())) break
       }
-      if (engine.next() === "body") engine.bodyEnd()
+      if (wanted) engine.bodyEnd()
     } else if (step === "accept") {
       if (next < submissions.length) engine.submit(next, submissions[next++]!)
       else engine.drain(true)
@@ -330,6 +351,7 @@ describe("the engine machine, fed replies without sockets", () => {
         (chunking, pipelining, streamed, allOrNothing, window, cuts, [lmtp, script]) => {
           const keywords = [...(chunking ? ["CHUNKING"] : []), ...(pipelining ? ["PIPELINING"] : []), "8BITMIME"]
           const peer = new Peer(script, lmtp)
+          peer.strict = !pipelining
           const submissions = script.map((s, i) => submission(i, s.rcpts.length, streamed))
           const policy = allOrNothing ? "all-or-nothing" as const : "partial" as const
           const run = drive(peer, submissions, { keywords, window, options: { policy } }, cuts)
@@ -364,6 +386,28 @@ describe("the engine machine, fed replies without sockets", () => {
       ),
       { numRuns: 400 }
     )
+  })
+
+  it("a streamed body larger than the block goes in several chunks; without PIPELINING each is answered first", () => {
+    for (const [pipelining, chunking] of [[false, true], [true, true], [false, false]] as const) {
+      const line = "0123456789".repeat(7) + "\r\n"
+      const big = Buffer.from(`Subject: big\r\n\r\n${line.repeat(40_000)}`)
+      const peer = new Peer([{ mail: 250, rcpts: [250], data: 354, end: [250] }], false)
+      peer.strict = !pipelining
+      const keywords = [...(pipelining ? ["PIPELINING"] : []), ...(chunking ? ["CHUNKING"] : [])]
+      const run = drive(
+        peer,
+        [{ envelope: { from: "s0@example.org", to: ["r@example.org"] }, body: Stream.make(big) }],
+        {
+          keywords,
+          window: 1
+        }
+      )
+      expect(peer.violations).toEqual([])
+      expect(Either.isRight(run.results[0]!)).toBe(true)
+      expect(peer.received[0]!.body.equals(big)).toBe(true)
+      if (chunking) expect(peer.commands.filter((c) => c.startsWith("BDAT")).length).toBeGreaterThan(2)
+    }
   })
 
   it("a positive reply to DATA other than 354 is a protocol violation: the session breaks, nothing more is written", () => {
