@@ -130,4 +130,4 @@ export const columns = (
 }
 
 /** A small seeded PRNG (mulberry32), so every run of the bench generates the same bytes. */
-export { random } from "../test/support/random.js"
+export { random } from "../test/support/helpers/random.js"
