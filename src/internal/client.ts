@@ -145,6 +145,8 @@ export const make = (
     let inFlight = 0
     let open = 0
     let waiting = 0
+    /** The pool's connections, so that closing the client can QUIT them all at once. */
+    const held = new Set<SmtpConnection.SmtpConnection>()
 
     /** One connection for one transaction: fresh, or checked out of the pool and checked before use. */
     // A fresh connection gets the context the client was built in: the transport, and SmtpAuth when it is there.
@@ -157,8 +159,14 @@ export const make = (
             const connection = yield* SmtpConnection.make(options.connection)
             const now = yield* Clock.currentTimeMillis
             open++
+            held.add(connection)
             yield* Metric.set(poolConnections, open)
-            yield* Effect.addFinalizer(() => Effect.suspend(() => Metric.set(poolConnections, --open)))
+            yield* Effect.addFinalizer(() =>
+              Effect.suspend(() => {
+                held.delete(connection)
+                return Metric.set(poolConnections, --open)
+              })
+            )
             return { connection, createdAt: now, uses: 0, lastUsed: now } satisfies Pooled as Pooled
           }),
           min: 0,
@@ -305,12 +313,23 @@ export const make = (
         })
       )
 
-    // Closing: wait (bounded) for the sends in flight, then the pool's scope QUITs every connection.
+    // Closing: wait (bounded) for the sends in flight, then QUIT every connection at once, each bounded by its QUIT
+    // timeout (the pool's own release would close them one after another); the pool's scope then closes them.
     const idle: Effect.Effect<void> = Effect.suspend(() =>
       inFlight === 0 ? Effect.void : Effect.zipRight(Effect.sleep("10 millis"), idle)
     )
+    const quitAll = Effect.suspend(() =>
+      Effect.forEach(
+        [...held],
+        (connection) => Effect.ignore(Effect.timeout(connection.quit, connection.timeouts.quit)),
+        { concurrency: "unbounded", discard: true }
+      )
+    )
     yield* Effect.addFinalizer(() =>
-      Effect.ignore(Effect.timeout(idle, options.shutdownTimeout ?? "30 seconds")).pipe(Effect.interruptible)
+      Effect.ignore(Effect.timeout(idle, options.shutdownTimeout ?? "30 seconds")).pipe(
+        Effect.zipRight(quitAll),
+        Effect.interruptible
+      )
     )
 
     return fromSend(send)

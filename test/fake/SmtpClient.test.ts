@@ -251,6 +251,65 @@ describe("the pool", () => {
       expect(server.transcripts()[0]).toMatch(/QUIT\r\n$/)
     }))
 
+  it.scopedLive("closing the pool QUITs every connection at once, not one after another", () =>
+    Effect.gen(function*() {
+      // The server answers no QUIT until every open connection has one pending: a client that QUITs one connection
+      // after another waits for its first reply until that QUIT times out, and never has them all pending at once.
+      let pending = 0
+      let allAtOnce = false
+      const release: Array<() => void> = []
+      const server = yield* scriptedServer(async (session) => {
+        await greet(session)
+        await answerEhlo(session)
+        for (;;) {
+          const line = await session.readLine()
+          const verb = verbOf(line)
+          if (verb === "QUIT") {
+            pending++
+            if (pending === server.openConnections()) {
+              allAtOnce = true
+              for (const go of release.splice(0)) go()
+            } else {
+              const released = await Promise.race([
+                new Promise<boolean>((go) => release.push(() => go(true))),
+                session.closed.then(() => false)
+              ])
+              if (!released) {
+                // The client gave up on this QUIT and closed: it is no longer pending.
+                pending--
+                return
+              }
+            }
+            await session.reply("221 2.0.0 Bye")
+            await session.end()
+            return
+          }
+          if (verb === "DATA") {
+            await session.reply("354 Go")
+            await session.readData()
+          }
+          await session.reply("250 2.0.0 Ok")
+        }
+      })
+      const layer = SmtpClient.layer({
+        connection: { host: "127.0.0.1", port: server.port, tls: "none", timeout: "2 seconds" },
+        pool: { maxConnections: 4 }
+      }).pipe(Layer.provide(SmtpTransport.layerNode))
+      yield* Effect.provide(
+        Effect.flatMap(SmtpClient.SmtpClient, (client) =>
+          Effect.forEach(
+            Array.from({ length: 8 }, (_, i) => i),
+            (i) => client.send({ from: "a@example.org", to: [`r${i}@example.org`] }, message(i)),
+            { concurrency: 8, discard: true }
+          )),
+        layer
+      )
+      yield* Effect.promise(() => server.allClosed(2000))
+      expect(server.connections()).toBeGreaterThanOrEqual(2)
+      expect(allAtOnce).toBe(true)
+      for (const transcript of server.transcripts()) expect(transcript).toMatch(/QUIT\r\n$/)
+    }))
+
   it.scopedLive("pool: false opens a fresh connection per send", () =>
     Effect.gen(function*() {
       const { server, sessions } = yield* sessionCountingServer
