@@ -210,10 +210,15 @@ export const make = (
     const interrupted = Effect.suspend(() => {
       if (broken !== undefined) return Effect.void
       if (quitUnsafe || engine?.inBody === true) return breakConnection("an interruption inside a message body")
-      broken = closedError("the connection was closed after an interruption")
-      quitLegal = true
-      return Effect.void
+      return retire("an interruption")
     })
+
+    /** Never used again, but QUIT is still legal: the release says it after the replies still owed. */
+    const retire = (reason: string) =>
+      Effect.sync(() => {
+        broken = closedError(`the connection was closed after ${reason}`)
+        quitLegal = true
+      })
 
     /**
      * Fails when the server sent what no command awaits: a reply already parsed, or bytes received and not read.
@@ -614,9 +619,7 @@ export const make = (
         const left = stopped.outstanding
         if (left === 0) return Effect.void
         owed += left
-        broken = closedError("the connection was closed after a send cut short")
-        quitLegal = true
-        return Effect.void
+        return retire("a send cut short")
       }),
       bodyBlock: () => (bodyBlock ??= Buffer.allocUnsafe(Engine.BODY_BLOCK_SIZE))
     }

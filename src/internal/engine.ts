@@ -39,7 +39,7 @@ type RefusalError = SmtpTransientError | SmtpPermanentError
 export type Fatal = NetworkError | TimeoutError | SmtpProtocolError | RefusalError
 
 /** Bytes gathered before a write even though no reply is awaited yet: what keeps a streamed body moving. */
-export const FLUSH_AT = 64 * 1024
+const FLUSH_AT = 64 * 1024
 /** BDAT chunk replies of one message left unread before the engine waits for one. */
 const BDAT_REPLIES_AHEAD = 8
 /**
@@ -127,7 +127,7 @@ class Transaction<K> {
   mailError: RefusalError | undefined = undefined
   dataReply: SmtpReply.SmtpReply | undefined = undefined
   chunkError: RefusalError | undefined = undefined
-  /** The reply to the last BDAT chunk handed in one by one (`bdatChunk`). */
+  /** The reply to a hand-fed BDAT chunk that is not the last (`submitHandFed`). */
   lastReply: SmtpReply.SmtpReply | undefined = undefined
   /** The LMTP replies to its end of data read so far. */
   endReplies: Array<SmtpReply.SmtpReply> | undefined = undefined
@@ -181,13 +181,13 @@ interface Due<K> {
 }
 
 /** Refused by every recipient: transient if any refusal was 4xx (RFC 5321 §4.2.5), else the first refusal. */
-export const refusedByAll = (rejected: ReadonlyArray<SmtpSubmission.RejectedRecipient>): RefusalError => {
+const refusedByAll = (rejected: ReadonlyArray<SmtpSubmission.RejectedRecipient>): RefusalError => {
   const transient = rejected.find((r) => r.error._tag === "SmtpTransientError")
   return (transient ?? rejected[0]!).error
 }
 
 /** A connection failure as seen by one message: flagged when the message may have been delivered, or not. */
-export const deliveredOrNot = <E>(error: E, endSent: boolean): E => {
+const deliveredOrNot = <E>(error: E, endSent: boolean): E => {
   const tagged = error as { readonly _tag?: string }
   if (tagged._tag === "NetworkError") {
     const e = error as NetworkError
@@ -225,8 +225,8 @@ const PHASES: Record<Kind, SmtpTimeouts.Phase> = {
 }
 
 /**
- * The machine. One per batch (`sendAll`, `send`), or per hand-fed body (`data`, `bdat`); the connection keeps the
- * hand-sent envelope (`handMail`, `handRcpt`, `handReset`) so that LMTP's count of end-of-data replies has one home.
+ * The machine. One per batch (`sendAll`, `send`), or per hand-fed body (`data`, `bdat`, through `submitHandFed`, given
+ * the recipients the connection saw accepted after the caller's own MAIL and RCPT).
  */
 export class Engine<K, E> {
   private out: Array<Uint8Array> = []
@@ -242,7 +242,7 @@ export class Engine<K, E> {
   private active: Transaction<K> | undefined = undefined
   /** The previous transaction may still be open on the server: RSET before the next MAIL. */
   private resetPending = false
-  /** No message is ready: answer everything; `1` also ends the batch (RSET what the server may still hold). */
+  /** No message is ready (1): answer everything; at the end of the batch (2) also RSET what the server may hold. */
   private draining: 0 | 1 | 2 = 0
   private failure: Fatal | undefined = undefined
   /** Streamed bodies are canonicalized here: [blockStart, blockEnd) is written but not queued yet. */

@@ -66,8 +66,8 @@ type Emit<E> = (result: Engine.Result<E>) => Effect.Effect<void>
 const STOP: unique symbol = Symbol("effect-smtp/Submission/stop")
 
 /**
- * Runs the machine until it asks for a submission it has none for, or is done. `feed` is the one place that turns
- * the machine's steps into I/O.
+ * Runs the machine until it asks for a submission it has none for, or is done: the one place that turns the machine's
+ * steps into I/O. A broken session is closed here, whatever broke it.
  */
 const drive = <K, E, R>(
   session: Session,
@@ -81,11 +81,7 @@ const drive = <K, E, R>(
     const ready = results.splice(0, results.length)
     return Effect.forEach(ready, emit, { discard: true })
   })
-  const failed = (error: Engine.Fatal) =>
-    Effect.suspend(() => {
-      engine.fail(error)
-      return session.breakConnection(error)
-    })
+  const failed = (error: Engine.Fatal) => Effect.sync(() => engine.fail(error))
   const write: Effect.Effect<void> = Effect.suspend(() => {
     const check = engine.quiet ? session.expectSilence : Effect.void
     return check.pipe(
@@ -127,12 +123,12 @@ const drive = <K, E, R>(
           const failure = Cause.failureOption(cause)
           if (Option.isSome(failure) && failure.value === STOP) return Effect.void
           // The body's own failure, or its defect: either way it cannot go on. The machine decides what that means
-          // for the session; a defect still dies, once the connection is left safe.
-          const defect = Option.isNone(failure)
-          engine.bodyFailed(defect ? Cause.squash(cause) : failure.value)
+          // for the session; a defect still dies, once the connection is left safe (the loop closes it otherwise).
+          if (Option.isSome(failure)) return Effect.sync(() => engine.bodyFailed(failure.value))
+          engine.bodyFailed(Cause.squash(cause))
           const broken = engine.broken
           const closed = broken === undefined ? Effect.void : session.breakConnection(broken)
-          return defect ? Effect.zipRight(closed, Effect.failCause(cause as Cause.Cause<never>)) : closed
+          return Effect.zipRight(closed, Effect.failCause(cause as Cause.Cause<never>))
         }
       })
     )
@@ -156,6 +152,8 @@ const drive = <K, E, R>(
       case "body":
         next = body
         break
+      case "broken":
+        return Effect.as(Effect.zipRight(flushResults, session.breakConnection(engine.broken!)), step)
       default:
         return Effect.as(flushResults, step)
     }
@@ -164,6 +162,22 @@ const drive = <K, E, R>(
       : Effect.zipRight(Effect.zipRight(flushResults, next), loop)
   })
   return loop
+}
+
+/** A machine for the session, tracked by it; its results are gathered into `results` for the driver to hand on. */
+const start = <E>(
+  session: Session,
+  secure: boolean,
+  window: number,
+  options: SmtpSubmission.SendAllOptions,
+  results: Array<Engine.Result<E>>
+): Engine.Engine<undefined, E> => {
+  const engine = new Engine.Engine<undefined, E>(
+    { capabilities: session.capabilities(), secure, lmtp: session.lmtp, window, options, block: session.bodyBlock },
+    { note: session.note, result: (_, result) => void results.push(result) }
+  )
+  session.track(engine as Engine.Engine<unknown, unknown>)
+  return engine
 }
 
 /**
@@ -179,18 +193,7 @@ export const run = <E, R, R2>(
 ): Effect.Effect<void, never, R | R2> =>
   Effect.flatMap(session.secure, (secure) => {
     const results: Array<Engine.Result<E>> = []
-    const engine = new Engine.Engine<undefined, E>({
-      capabilities: session.capabilities(),
-      secure,
-      lmtp: session.lmtp,
-      window: Math.max(1, options.window ?? 16),
-      options,
-      block: session.bodyBlock
-    }, {
-      note: session.note,
-      result: (_, result) => void results.push(result)
-    })
-    session.track(engine as Engine.Engine<unknown, unknown>)
+    const engine = start<E>(session, secure, Math.max(1, options.window ?? 16), options, results)
     const closed = session.broken()
     if (closed !== undefined) engine.fail(closed)
     const driven = drive<undefined, E, R>(session, engine, results, emit)
@@ -216,7 +219,7 @@ export const run = <E, R, R2>(
       )
     })
     const loop: Effect.Effect<void, never, R | R2> = Effect.flatMap(driven, (step) => {
-      if (step === "broken") return Effect.zipRight(session.breakConnection(engine.broken!), refuseRest)
+      if (step === "broken") return refuseRest
       if (step === "accept" && at < batch.length) {
         engine.submit(undefined, batch[at++]! as SmtpSubmission.Submission<unknown, unknown>)
         return loop
@@ -256,27 +259,16 @@ export const runHandFed = <E, R>(
   Effect.suspend(() => {
     const results: Array<Engine.Result<E>> = []
     let outcome: Engine.Result<E> | undefined
-    const engine = new Engine.Engine<undefined, E>({
-      capabilities: session.capabilities(),
-      secure,
-      lmtp: session.lmtp,
-      window: 1,
-      options: {},
-      block: session.bodyBlock
-    }, {
-      note: session.note,
-      result: (_, result) => void (outcome = result)
-    })
-    session.track(engine as Engine.Engine<unknown, unknown>)
+    const engine = start<E>(session, secure, 1, {}, results)
     engine.submitHandFed(undefined, method, body as SmtpSubmission.Body<unknown, unknown>, accepted, settings)
     // Every reply it is owed is read before it returns, even one that comes after its result (the end of an empty
     // DATA): the session stays in step.
     engine.drain(false)
-    return drive<undefined, E, R>(session, engine, results, () => Effect.void).pipe(
-      Effect.flatMap((step) => step === "broken" ? session.breakConnection(engine.broken!) : Effect.void),
-      Effect.map(() => outcome!),
-      Effect.ensuring(session.untrack)
-    )
+    return drive<undefined, E, R>(session, engine, results, (result) => Effect.sync(() => void (outcome = result)))
+      .pipe(
+        Effect.map(() => outcome!),
+        Effect.ensuring(session.untrack)
+      )
   })
 
 const isStream = <A, R>(u: Iterable<A> | Stream.Stream<A, never, R>): u is Stream.Stream<A, never, R> =>
