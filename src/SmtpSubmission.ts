@@ -121,7 +121,11 @@ export interface Envelope {
  * @category models
  */
 export interface SendOptions {
-  /** Use BDAT (RFC 3030) when the server offers CHUNKING. Default true. */
+  /**
+   * BDAT (RFC 3030) when the server offers CHUNKING: true always, false never (a body that needs BINARYMIME still
+   * needs it). By default, BDAT when another message follows at once on the connection or commands are not
+   * pipelined, else DATA: a lone pipelined BDAT transaction is no faster, and on Postfix about 40 ms slower.
+   */
   readonly chunking?: boolean | undefined
   /** Pipeline commands (RFC 2920) when the server offers PIPELINING. Default true. */
   readonly pipelining?: boolean | undefined

@@ -673,9 +673,22 @@ export const make = (
       batchOptions: SmtpSubmission.SendAllOptions,
       emit: (result: Either.Either<SmtpSubmission.SendResult, SmtpSubmission.SendError | E>) => Effect.Effect<void>
     ) => {
-      const batch = Effect.scoped(
-        Effect.flatMap(Submission.source(submissions), (pull) => Submission.run(session, pull, batchOptions, emit))
-      )
+      const batch = Effect.scoped(Effect.flatMap(Submission.feed(submissions), (feed) => {
+        /** After a break, whatever is left fails at once, with the error further use of the connection gets. */
+        const refuseRest = (error: SmtpSubmission.SendError): Effect.Effect<void, never, R2> =>
+          Effect.suspend(() => {
+            const rest: Array<unknown> = []
+            for (let next = feed.poll(); next !== undefined; next = feed.poll()) rest.push(next)
+            return Effect.zipRight(
+              Effect.forEach(rest, () => emit(Either.left(error)), { discard: true }),
+              Effect.flatMap(feed.wait, (more) => more ? refuseRest(error) : Effect.void)
+            )
+          })
+        return Effect.flatMap(
+          Submission.run(session, feed, batchOptions, ({ result }) => emit(result)),
+          (broken) => broken === undefined ? Effect.void : refuseRest(broken)
+        )
+      }))
       return use(batch).pipe(Effect.catchAll(() => batch))
     }
 

@@ -90,8 +90,11 @@ export type Result<E> = Either.Either<SmtpSubmission.SendResult, SmtpSubmission.
 export interface Hooks<K, E> {
   /** A line the client sends, for the transcript (credentials never pass here: MAIL, RCPT, DATA, BDAT, RSET). */
   readonly note: (line: string) => void
-  /** A message's result, in submission order. */
-  readonly result: (key: K, result: Result<E>) => void
+  /**
+   * A message's result, in submission order. `untouched`: the session broke before any of the message's commands was
+   * handed to the transport, so nothing of it reached the server and it may go on another connection as it is.
+   */
+  readonly result: (key: K, result: Result<E>, untouched: boolean) => void
 }
 
 /** What the engine knows of the session when it starts. */
@@ -139,6 +142,8 @@ class Transaction<K> {
   lastFlush = -1
   /** How many of the entries due are this message's: replies still due, or its turn. */
   owed = 0
+  /** `flushes` when it was submitted: while no flush came after, none of its commands was handed to the transport. */
+  submittedAt = -1
   /** The end of its data (`.` or the last BDAT) is queued or written. */
   endQueued = false
   /** The end of its data was handed to the transport: from here on the server may have accepted it. */
@@ -375,8 +380,11 @@ export class Engine<K, E> {
   // What the driver feeds
   // -------------------------------------------------------------------------------------------------------------
 
-  /** Takes the next message (when `next()` said "accept"). A message the server cannot take fails here, in turn. */
-  submit(key: K, submission: SmtpSubmission.Submission<unknown, unknown>): void {
+  /**
+   * Takes the next message (when `next()` said "accept"). A message the server cannot take fails here, in turn.
+   * `followed`: another message is ready to be submitted right after this one, which lets it go as BDAT (`Plan`).
+   */
+  submit(key: K, submission: SmtpSubmission.Submission<unknown, unknown>, followed = false): void {
     this.draining = 0
     const options = submission.options === undefined
       ? this.settings.options
@@ -386,7 +394,8 @@ export class Engine<K, E> {
       submission.body,
       options,
       this.settings.capabilities,
-      this.settings.secure
+      this.settings.secure,
+      followed
     )
     if (Either.isLeft(planned)) {
       // Nothing of it was sent; its result still comes out in order.
@@ -397,6 +406,7 @@ export class Engine<K, E> {
     }
     const p = planned.right
     const t = new Transaction<K>(key, p.method, p)
+    t.submittedAt = this.flushes
     this.open.push(t)
     this.active = t
     if (!p.pipelining) {
@@ -595,7 +605,12 @@ export class Engine<K, E> {
     this.outBytes = 0
     this.active = undefined
     for (const t of [...this.open]) {
-      this.finish(t, Either.left((t.refused ?? deliveredOrNot(error, t.endSent)) as SmtpSubmission.SendError))
+      const untouched = t.refused === undefined && t.submittedAt === this.flushes
+      this.finish(
+        t,
+        Either.left((t.refused ?? deliveredOrNot(error, t.endSent)) as SmtpSubmission.SendError),
+        untouched
+      )
     }
   }
 
@@ -944,12 +959,12 @@ export class Engine<K, E> {
         : undefined)
   }
 
-  private finish(t: Transaction<K>, result: Result<E>): void {
+  private finish(t: Transaction<K>, result: Result<E>, untouched = false): void {
     if (t.done) return
     t.done = true
     const at = this.open.indexOf(t)
     if (at >= 0) this.open.splice(at, 1)
-    this.hooks.result(t.key, result)
+    this.hooks.result(t.key, result, untouched)
   }
 }
 

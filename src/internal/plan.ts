@@ -89,13 +89,29 @@ interface Address {
   readonly mailbox: Mailbox.Mailbox | undefined
 }
 
-/** Checks the whole message against the server and builds every command; nothing is sent. */
+/**
+ * BDAT or DATA for a body that could go either way, when the server offers CHUNKING. `chunking: true` and `false`
+ * decide. Left to the client, BDAT goes only when another transaction follows this one at once (`followed`): a window
+ * of BDAT transactions costs no round trip per message, while a transaction that ends the burst goes as DATA, whose
+ * 354 gets the server's earlier replies acknowledged before its last one is due. Alone, a BDAT transaction of more
+ * than 4 KiB waits about 40 ms on Postfix for its last reply (Nagle's algorithm on the server against the client's
+ * delayed ACK; docs/benchmarks.md has the capture), and DATA is never slower than that. Without pipelining every
+ * command waits for the reply before it (which acknowledges it), so BDAT saves DATA's round trip and never waits.
+ */
+const chooseBdat = (chunking: boolean | undefined, followed: boolean): boolean =>
+  chunking === undefined ? followed : chunking
+
+/**
+ * Checks the whole message against the server and builds every command; nothing is sent. `followed`: another
+ * transaction is ready to go right after this one (see `chooseBdat`).
+ */
 export const plan = <E, R>(
   envelope: SmtpSubmission.Envelope,
   body: SmtpSubmission.Body<E, R>,
   options: SmtpSubmission.SendOptions,
   capabilities: Capabilities.Capabilities,
-  secure: boolean
+  secure: boolean,
+  followed: boolean
 ): Either.Either<Plan<E, R>, InvalidInputError | SmtpCapabilityError> => {
   // Plain code with early returns rather than `Either.gen`: this runs once per message.
   const mailParameters = envelope.mailParameters ?? {}
@@ -194,8 +210,12 @@ export const plan = <E, R>(
     }
   }
 
-  const method = binary || (options.chunking !== false && Capabilities.chunking(capabilities)) ? "BDAT" : "DATA"
-  let chunks = asText
+  const pipelining = options.pipelining !== false && Capabilities.pipelining(capabilities)
+  const method =
+    binary || (Capabilities.chunking(capabilities) && chooseBdat(options.chunking, followed || !pipelining))
+      ? "BDAT"
+      : "DATA"
+  let chunks = method === "BDAT" ? asText : undefined
   if (inMemory !== undefined && chunks === undefined) {
     const encoded = encodeAll(inMemory, method, binary, allowLongLines)
     if (Either.isLeft(encoded)) return Either.left(encoded.left)
@@ -241,7 +261,7 @@ export const plan = <E, R>(
   if (Either.isLeft(mailBytes)) return Either.left(mailBytes.left)
   return Either.right({
     method,
-    pipelining: options.pipelining !== false && Capabilities.pipelining(capabilities),
+    pipelining,
     allOrNothing: options.policy === "all-or-nothing",
     mail: mailBytes.right,
     mailLine: transcriptLine(mailBytes.right),

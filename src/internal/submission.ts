@@ -6,9 +6,9 @@
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
-import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type * as Capabilities from "../Capabilities.js"
 import type { NetworkError, SmtpProtocolError, TimeoutError } from "../SmtpError.js"
@@ -59,8 +59,15 @@ export interface Session {
   readonly bodyBlock: () => Buffer
 }
 
-/** A result of the batch, handed on in order. */
-type Emit<E> = (result: Engine.Result<E>) => Effect.Effect<void>
+/** A message's result, with its key and whether nothing of it reached the server (see `Engine.Hooks`). */
+export interface Outcome<K, E> {
+  readonly key: K
+  readonly result: Engine.Result<E>
+  readonly untouched: boolean
+}
+
+/** Results of the batch, handed on in order. */
+type Emit<K, E> = (outcome: Outcome<K, E>) => Effect.Effect<void>
 
 /** Thrown into a body's walk (as a failure) to stop it once the machine no longer wants it. */
 const STOP: unique symbol = Symbol("effect-smtp/Submission/stop")
@@ -72,8 +79,8 @@ const STOP: unique symbol = Symbol("effect-smtp/Submission/stop")
 const drive = <K, E, R>(
   session: Session,
   engine: Engine.Engine<K, E>,
-  results: Array<Engine.Result<E>>,
-  emit: Emit<E>
+  results: Array<Outcome<K, E>>,
+  emit: Emit<K, E>
 ): Effect.Effect<"accept" | "idle" | "broken", never, R> => {
   const flushResults: Effect.Effect<void> = Effect.suspend(() => {
     if (results.length === 0) return Effect.void
@@ -165,78 +172,68 @@ const drive = <K, E, R>(
 }
 
 /** A machine for the session, tracked by it; its results are gathered into `results` for the driver to hand on. */
-const start = <E>(
+const start = <K, E>(
   session: Session,
   secure: boolean,
   window: number,
   options: SmtpSubmission.SendAllOptions,
-  results: Array<Engine.Result<E>>
-): Engine.Engine<undefined, E> => {
-  const engine = new Engine.Engine<undefined, E>(
+  results: Array<Outcome<K, E>>
+): Engine.Engine<K, E> => {
+  const engine = new Engine.Engine<K, E>(
     { capabilities: session.capabilities(), secure, lmtp: session.lmtp, window, options, block: session.bodyBlock },
-    { note: session.note, result: (_, result) => void results.push(result) }
+    { note: session.note, result: (key, result, untouched) => void results.push({ key, result, untouched }) }
   )
   session.track(engine as Engine.Engine<unknown, unknown>)
   return engine
 }
 
 /**
- * Runs a batch of messages on a session held for the whole batch, reporting each result in order through `emit`.
- * `source` gives the submissions in chunks; before waiting for the next chunk, everything sent is answered, so that
- * no result waits on a message that has not come yet.
+ * Where `run` takes its messages from. The key of each is what its result comes back with.
  */
-export const run = <E, R, R2>(
+export interface Feed<K extends SmtpSubmission.Submission<E, R>, E, R, R2> {
+  /** The next message when one is ready now, else undefined. */
+  readonly poll: () => K | undefined
+  /** True when another message is ready now (the one `poll` would give next). */
+  readonly ready: () => boolean
+  /**
+   * Waits until `poll` may give more; false when no more will come. Called only when every message sent is answered,
+   * so that no result waits on a message that has not come yet.
+   */
+  readonly wait: Effect.Effect<boolean, never, R2>
+}
+
+/**
+ * Runs messages from `feed` on a session held for the whole run, reporting each result in order through `emit`. Ends
+ * when the feed has no more (after a RSET of any transaction the server may still hold), or with the error that broke
+ * the session: the messages still in the feed are then the caller's.
+ */
+export const run = <K extends SmtpSubmission.Submission<E, R>, E, R, R2>(
   session: Session,
-  source: Effect.Effect<Option.Option<ReadonlyArray<SmtpSubmission.Submission<E, R>>>, never, R2>,
+  feed: Feed<K, E, R, R2>,
   options: SmtpSubmission.SendAllOptions,
-  emit: Emit<E>
-): Effect.Effect<void, never, R | R2> =>
+  emit: Emit<K, E>
+): Effect.Effect<Engine.Fatal | undefined, never, R | R2> =>
   Effect.flatMap(session.secure, (secure) => {
-    const results: Array<Engine.Result<E>> = []
-    const engine = start<E>(session, secure, Math.max(1, options.window ?? 16), options, results)
+    const results: Array<Outcome<K, E>> = []
+    const engine = start<K, E>(session, secure, Math.max(1, options.window ?? 16), options, results)
     const closed = session.broken()
     if (closed !== undefined) engine.fail(closed)
-    const driven = drive<undefined, E, R>(session, engine, results, emit)
-    let batch: ReadonlyArray<SmtpSubmission.Submission<E, R>> = []
-    let at = 0
+    const driven = drive<K, E, R>(session, engine, results, emit)
     let ended = false
-    /** After a break, whatever is left fails at once, with the error further use of the connection gets. */
-    const refuseRest: Effect.Effect<void, never, R2> = Effect.suspend(() => {
-      const error = session.broken() ?? engine.broken!
-      const rest = batch.slice(at)
-      batch = []
-      return Effect.zipRight(
-        Effect.forEach(rest, () => emit(Either.left(error)), { discard: true }),
-        ended ? Effect.void : Effect.flatMap(source, (next) => {
-          if (Option.isNone(next)) {
-            ended = true
-            return Effect.void
-          }
-          batch = next.value
-          at = 0
-          return refuseRest
-        })
-      )
-    })
-    const loop: Effect.Effect<void, never, R | R2> = Effect.flatMap(driven, (step) => {
-      if (step === "broken") return refuseRest
-      if (step === "accept" && at < batch.length) {
-        engine.submit(undefined, batch[at++]! as SmtpSubmission.Submission<unknown, unknown>)
-        return loop
-      }
+    const loop: Effect.Effect<Engine.Fatal | undefined, never, R | R2> = Effect.flatMap(driven, (step) => {
+      if (step === "broken") return Effect.succeed(session.broken() ?? engine.broken)
       if (step === "accept") {
-        engine.drain(ended)
+        const next = ended ? undefined : feed.poll()
+        if (next === undefined) engine.drain(ended)
+        else engine.submit(next, next as SmtpSubmission.Submission<unknown, unknown>, feed.ready())
         return loop
       }
       // Idle: everything sent is answered.
-      if (ended) return Effect.void
-      return Effect.flatMap(source, (next) => {
-        if (Option.isNone(next)) {
+      if (ended) return Effect.succeed(undefined)
+      return Effect.flatMap(feed.wait, (more) => {
+        if (!more) {
           ended = true
           engine.drain(true)
-        } else {
-          batch = next.value
-          at = 0
         }
         return loop
       })
@@ -257,14 +254,14 @@ export const runHandFed = <E, R>(
   settings: { readonly allowLongLines: boolean; readonly binary: boolean; readonly last: boolean }
 ): Effect.Effect<Engine.Result<E>, never, R> =>
   Effect.suspend(() => {
-    const results: Array<Engine.Result<E>> = []
+    const results: Array<Outcome<undefined, E>> = []
     let outcome: Engine.Result<E> | undefined
-    const engine = start<E>(session, secure, 1, {}, results)
+    const engine = start<undefined, E>(session, secure, 1, {}, results)
     engine.submitHandFed(undefined, method, body as SmtpSubmission.Body<unknown, unknown>, accepted, settings)
     // Every reply it is owed is read before it returns, even one that comes after its result (the end of an empty
     // DATA): the session stays in step.
     engine.drain(false)
-    return drive<undefined, E, R>(session, engine, results, (result) => Effect.sync(() => void (outcome = result)))
+    return drive<undefined, E, R>(session, engine, results, (done) => Effect.sync(() => void (outcome = done.result)))
       .pipe(
         Effect.map(() => outcome!),
         Effect.ensuring(session.untrack)
@@ -274,26 +271,35 @@ export const runHandFed = <E, R>(
 const isStream = <A, R>(u: Iterable<A> | Stream.Stream<A, never, R>): u is Stream.Stream<A, never, R> =>
   Predicate.hasProperty(u, Stream.StreamTypeId)
 
-/** A source of submissions from an iterable (one batch) or a stream (a batch per chunk), for `run`. */
-export const source = <E, R, R2>(
+/**
+ * A feed from an iterable (one batch) or a stream (a batch per chunk): `sendAll`'s. The messages of a chunk are
+ * pipelined together; the next chunk is pulled once they are answered.
+ */
+export const feed = <E, R, R2>(
   submissions:
     | Iterable<SmtpSubmission.Submission<E, R>>
     | Stream.Stream<SmtpSubmission.Submission<E, R>, never, R2>
-) =>
-  isStream(submissions)
-    ? Effect.map(
-      Stream.toPull(submissions),
-      (pull) =>
-        pull.pipe(
-          Effect.map((chunk) => Option.some(Chunk.toReadonlyArray(chunk))),
-          Effect.catchAll(() => Effect.succeed(Option.none()))
-        )
-    )
-    : Effect.sync(() => {
-      let given = false
-      return Effect.sync(() => {
-        if (given) return Option.none()
-        given = true
-        return Option.some(Array.from(submissions))
-      })
+): Effect.Effect<Feed<SmtpSubmission.Submission<E, R>, E, R, R2>, never, R2 | Scope.Scope> => {
+  let batch: ReadonlyArray<SmtpSubmission.Submission<E, R>> = []
+  let at = 0
+  const poll = () => at < batch.length ? batch[at++] : undefined
+  const ready = () => at < batch.length
+  if (!isStream(submissions)) {
+    return Effect.sync(() => {
+      batch = Array.from(submissions)
+      return { poll, ready, wait: Effect.succeed(false) }
     })
+  }
+  return Effect.map(Stream.toPull(submissions), (pull) => ({
+    poll,
+    ready,
+    wait: pull.pipe(
+      Effect.map((chunk) => {
+        batch = Chunk.toReadonlyArray(chunk)
+        at = 0
+        return true
+      }),
+      Effect.catchAll(() => Effect.succeed(false))
+    )
+  }))
+}

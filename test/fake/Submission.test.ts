@@ -243,7 +243,7 @@ describe("many messages on one connection", () => {
               envelope: { from: "a@example.org", to: [`r${i}@example.org`] },
               body: `.dot\nbare LF ${i}`
             })),
-            { window }
+            { window, chunking: true }
           )))
       )
       const sent = Chunk.toReadonlyArray(results).map(Either.getOrThrow)
@@ -391,10 +391,28 @@ describe("BDAT (RFC 3030)", () => {
         await session.write("250 Ok\r\n250 Ok\r\n250 2.0.0 Ok: queued as C\r\n")
       })
       const result = yield* Effect.scoped(Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
-        c.send({ from: "a@example.org", to: ["b@example.org"] }, "Subject: x\r\n\r\n.leading dot\r\n")))
+        c.send({ from: "a@example.org", to: ["b@example.org"] }, "Subject: x\r\n\r\n.leading dot\r\n", {
+          chunking: true
+        })))
       expect(result.method).toBe("BDAT")
       expect(result.roundTrips).toBe(1)
       expect(body).toBe("Subject: x\r\n\r\n.leading dot\r\n")
+    }))
+
+  it.scopedLive("left to the client, a lone message goes as DATA and a burst as BDAT, all but its last", () =>
+    Effect.gen(function*() {
+      const server = yield* recording(["PIPELINING", "CHUNKING"])
+      const message = (to: string) => ({ envelope: { from: "a@example.org", to: [to] }, body: "x" })
+      const [lone, burst] = yield* Effect.scoped(
+        Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
+          Effect.all([
+            c.send(message("lone@example.org").envelope, "x"),
+            Stream.runCollect(c.sendAll(["r1", "r2", "r3"].map((r) => message(`${r}@example.org`))))
+          ]))
+      )
+      expect(lone.method).toBe("DATA")
+      expect(Chunk.toReadonlyArray(burst).map((r) => Either.getOrThrow(r).method)).toEqual(["BDAT", "BDAT", "DATA"])
+      expect(server.transcripts()[0]).toContain("RCPT TO:<r1@example.org>\r\nBDAT 3 LAST\r\nx\r\n")
     }))
 
   it.scopedLive("chunking: false uses DATA even when CHUNKING is offered", () =>
@@ -414,7 +432,9 @@ describe("BDAT (RFC 3030)", () => {
       const [failed, next] = yield* Effect.scoped(Effect.gen(function*() {
         const c = yield* connectLocal(server.port, clientOptions)
         const failing = Stream.concat(Stream.make(chunk), Stream.fail("disk error" as const))
-        const failed = yield* Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, failing))
+        const failed = yield* Effect.flip(
+          c.send({ from: "a@example.org", to: ["b@example.org"] }, failing, { chunking: true })
+        )
         const next = yield* c.send({ from: "a@example.org", to: ["c@example.org"] }, "next")
         return [failed, next] as const
       }))
@@ -784,7 +804,7 @@ describe("streamed bodies through the connection's block", () => {
                 envelope: { from: "a@example.org", to: ["d@example.org"] },
                 body: readerOver(bodies[2]!, { sizes: [262_144, 5] })
               }
-            ]))
+            ], { chunking: method === "BDAT" }))
           }))
           expect(Chunk.toReadonlyArray(results).map((r) => Either.isRight(r) && r.right.method)).toEqual([
             method,
@@ -822,9 +842,11 @@ describe("streamed bodies through the connection's block", () => {
         })
       const [failed, sent] = yield* Effect.scoped(Effect.gen(function*() {
         const c = yield* connectLocal(server.port, clientOptions)
-        const failed = yield* Effect.flip(c.send({ from: "a@example.org", to: ["b@example.org"] }, reader(4)))
+        const failed = yield* Effect.flip(
+          c.send({ from: "a@example.org", to: ["b@example.org"] }, reader(4), { chunking: true })
+        )
         events.push("failed")
-        const sent = yield* c.send({ from: "a@example.org", to: ["c@example.org"] }, reader(0))
+        const sent = yield* c.send({ from: "a@example.org", to: ["c@example.org"] }, reader(0), { chunking: true })
         return [failed, sent] as const
       }))
       expect(failed).toBe("disk error")

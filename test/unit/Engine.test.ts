@@ -280,7 +280,7 @@ const drive = (
       }
       if (wanted) engine.bodyEnd()
     } else if (step === "accept") {
-      if (next < submissions.length) engine.submit(next, submissions[next++]!)
+      if (next < submissions.length) engine.submit(next, submissions[next++]!, next < submissions.length)
       else engine.drain(true)
     } else {
       // As the driver does: after a break, what was not submitted fails with the error that broke the session.
@@ -343,23 +343,32 @@ describe("the engine machine, fed replies without sockets", () => {
         fc.boolean(),
         fc.boolean(),
         fc.boolean(),
+        fc.constantFrom(undefined, true, false),
         fc.integer({ min: 1, max: 4 }),
         fc.array(fc.integer({ min: 1, max: 40 }), { minLength: 1, maxLength: 8 }),
         fc.boolean().chain((lmtp) =>
           fc.tuple(fc.constant(lmtp), fc.array(scriptArbitrary(lmtp), { minLength: 1, maxLength: 6 }))
         ),
-        (chunking, pipelining, streamed, allOrNothing, window, cuts, [lmtp, script]) => {
+        (chunking, pipelining, streamed, allOrNothing, chunkingOption, window, cuts, [lmtp, script]) => {
           const keywords = [...(chunking ? ["CHUNKING"] : []), ...(pipelining ? ["PIPELINING"] : []), "8BITMIME"]
           const peer = new Peer(script, lmtp)
           peer.strict = !pipelining
           const submissions = script.map((s, i) => submission(i, s.rcpts.length, streamed))
           const policy = allOrNothing ? "all-or-nothing" as const : "partial" as const
-          const run = drive(peer, submissions, { keywords, window, options: { policy } }, cuts)
+          const run = drive(
+            peer,
+            submissions,
+            { keywords, window, options: { policy, chunking: chunkingOption } },
+            cuts
+          )
           expect(peer.violations).toEqual([])
           expect(run.engine.broken).toBeUndefined()
           expect(run.results.length).toBe(script.length)
-          const method = chunking ? "BDAT" : "DATA"
           for (const [i, s] of script.entries()) {
+            // BDAT when offered and asked for; left to the engine, only when another message follows at once, or
+            // when commands are not pipelined.
+            const followed = i < script.length - 1
+            const method = chunking && (chunkingOption ?? (followed || !pipelining)) ? "BDAT" : "DATA"
             const rule = expected(s, method, lmtp)
             const result = run.results[i]!
             const refusedRcpt = s.mail < 400 && allOrNothing && s.rcpts.some((c) => c >= 400) &&
@@ -398,10 +407,7 @@ describe("the engine machine, fed replies without sockets", () => {
       const run = drive(
         peer,
         [{ envelope: { from: "s0@example.org", to: ["r@example.org"] }, body: Stream.make(big) }],
-        {
-          keywords,
-          window: 1
-        }
+        { keywords, window: 1, options: { chunking: true } }
       )
       expect(peer.violations).toEqual([])
       expect(Either.isRight(run.results[0]!)).toBe(true)
@@ -434,7 +440,11 @@ describe("the engine machine, fed replies without sockets", () => {
       const peer = new Peer(script, false, (_, v, reply) => v === verb ? fault : reply)
       const keywords = verb === "BDAT" ? ["PIPELINING", "CHUNKING"] : ["PIPELINING"]
       const streamed = verb === "BDAT"
-      const run = drive(peer, [submission(0, 1, streamed)], { keywords, window: 1, options: {} })
+      const run = drive(peer, [submission(0, 1, streamed)], {
+        keywords,
+        window: 1,
+        options: verb === "BDAT" ? { chunking: true } : {}
+      })
       if (verb === "BDAT") {
         // A streamed body's last BDAT is its only chunk here: answered by the end-of-data rule.
         expect(run.results.length).toBe(1)
