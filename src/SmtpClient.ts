@@ -1,7 +1,9 @@
 /**
  * The service an Effect application depends on: `send` over a pool of connections (or a fresh one per send), with
  * retries as a `Schedule` (only the recipients that got a 4xx are tried again), a rate limit, a cap on concurrent
- * transactions, and metrics. `layerTest` gives the same service backed by memory, for users' own tests.
+ * transactions, and metrics. Sends started together share the pool's connections as pipelines: while a connection is
+ * busy, sends waiting for it join its stream of transactions, each with its own result. `layerTest` gives the same
+ * service backed by memory, for users' own tests.
  *
  * @since 0.1.0
  */
@@ -10,9 +12,11 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import type * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
 import * as internal from "./internal/client.js"
 import type * as Message from "./Message.js"
 import type * as SmtpConnection from "./SmtpConnection.js"
@@ -39,6 +43,11 @@ export interface PoolOptions {
   readonly healthCheck?: "NOOP" | "RSET" | false | undefined
   /** Default 1 s. */
   readonly healthCheckAfter?: Duration.DurationInput | undefined
+  /**
+   * Transactions in flight on one connection at most: sends waiting for the pool join a busy connection's pipeline
+   * up to this many (pipelined across transactions with DATA, a window of BDAT transactions). Default 16.
+   */
+  readonly window?: number | undefined
 }
 
 /**
@@ -56,7 +65,10 @@ export interface Options {
   readonly retry?: Schedule.Schedule<unknown, unknown> | false | undefined
   /** At most `messages` transactions started per `per` (Nodemailer's `rateLimit` and `rateDelta`). */
   readonly rateLimit?: { readonly messages: number; readonly per: Duration.DurationInput } | undefined
-  /** Transactions under way at once at most. Default: the pool's `maxConnections`. */
+  /**
+   * Transactions under way at once at most, on all connections together. Default: no cap beyond the pool's
+   * (`maxConnections` connections of `window` transactions each); without a pool, none.
+   */
   readonly maxConcurrentTransactions?: number | undefined
   /** Options for every send, under each send's own. */
   readonly sendOptions?: SmtpSubmission.SendOptions | undefined
@@ -97,6 +109,16 @@ export interface Service {
     body: SmtpSubmission.Body<E, R>,
     options?: SmtpSubmission.SendOptions
   ) => Effect.Effect<SendResult, SendError | E, R>
+  /**
+   * Many messages, each sent like `send` (the pool, retries, the rate limit), up to `concurrency` at once (default:
+   * enough to fill every connection's window): one result per submission, in the order given.
+   */
+  readonly sendAll: <E = never, R = never, R2 = never>(
+    submissions:
+      | Iterable<SmtpSubmission.Submission<E, R>>
+      | Stream.Stream<SmtpSubmission.Submission<E, R>, never, R2>,
+    options?: { readonly concurrency?: number | undefined }
+  ) => Stream.Stream<Either.Either<SendResult, SendError | E>, never, R | R2>
   /** A structured message, composed (`Message.compose`) and sent like `send`. */
   readonly sendMessage: <M extends Message.Message<unknown, unknown>>(
     message: M,

@@ -1,8 +1,7 @@
 /**
- * The client behind `SmtpClient`: a pool of scoped connections (Effect `Pool`), each checked before it is handed
- * out (closed, too old, too many messages, or idle and failing its NOOP: replaced), retries driven by a `Schedule`
- * (only the recipients refused with a 4xx are tried again), a rate limit, a cap on concurrent transactions, metrics;
- * and the test client backed by memory.
+ * The client behind `SmtpClient`: each send's retries driven by a `Schedule` (only the recipients refused with a 4xx
+ * are tried again), its rate limit, metrics and span, over the pool's connections as lanes (`lanes.ts`) or a fresh
+ * connection per attempt; and the test client backed by memory.
  */
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
@@ -10,12 +9,11 @@ import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
-import * as Exit from "effect/Exit"
 import * as Metric from "effect/Metric"
-import * as Pool from "effect/Pool"
 import * as RateLimiter from "effect/RateLimiter"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import * as Capabilities from "../Capabilities.js"
 import * as Message from "../Message.js"
 import type * as SmtpClient from "../SmtpClient.js"
@@ -27,6 +25,8 @@ import type * as SmtpSubmission from "../SmtpSubmission.js"
 import type { SmtpTransport } from "../SmtpTransport.js"
 import * as Body from "./body.js"
 import * as Engine from "./engine.js"
+import * as Lanes from "./lanes.js"
+import * as Submission from "./submission.js"
 
 // ---------------------------------------------------------------------------------------------------------------
 // Metrics
@@ -45,23 +45,12 @@ export const recipientsRefused = Metric.counter("smtp_client_recipients_refused"
   incremental: true
 })
 export const sendDuration = Metric.timer("smtp_client_send_duration", "A send from its start to its result")
-export const poolConnections = Metric.gauge("smtp_client_pool_connections", {
-  description: "Connections open in the pool"
-})
-export const poolWaiters = Metric.gauge("smtp_client_pool_waiters", {
-  description: "Sends waiting for a connection (the pool, or the cap on concurrent transactions)"
-})
+export const poolConnections = Lanes.poolConnections
+export const poolWaiters = Lanes.poolWaiters
 
 // ---------------------------------------------------------------------------------------------------------------
 // The client
 // ---------------------------------------------------------------------------------------------------------------
-
-interface Pooled {
-  readonly connection: SmtpConnection.SmtpConnection
-  readonly createdAt: number
-  uses: number
-  lastUsed: number
-}
 
 /**
  * A first-come, first-served gate with `permits` places: each release hands its place to the oldest waiter. Effect's
@@ -102,10 +91,6 @@ const makeGate = (permits: number) => {
     Effect.uninterruptibleMask((restore) => Effect.zipRight(restore(take), Effect.ensuring(restore(effect), release)))
 }
 
-type WithConnection = <A, E, R>(
-  use: (connection: SmtpConnection.SmtpConnection) => Effect.Effect<A, E, R>
-) => Effect.Effect<A, E | SmtpConnection.ConnectError, Exclude<R, Scope.Scope>>
-
 const millis = (duration: Duration.DurationInput) => Duration.toMillis(Duration.decode(duration))
 
 const refusedTransient = Metric.tagged(recipientsRefused, "class", "transient")
@@ -121,16 +106,14 @@ const countRefusals = (rejected: ReadonlyArray<SmtpSubmission.RejectedRecipient>
   )
 }
 
+/** One attempt at one message: its result or its error as a value. */
+type Attempt = <E, R>(submission: SmtpSubmission.Submission<E, R>) => Effect.Effect<Lanes.Outcome, never, R>
+
 export const make = (
   options: SmtpClient.Options
 ): Effect.Effect<SmtpClient.Service, never, Scope.Scope | SmtpTransport> =>
   Effect.gen(function*() {
     const poolOptions = options.pool === false ? undefined : options.pool ?? {}
-    const maxConnections = Math.max(1, poolOptions?.maxConnections ?? 4)
-    const maxMessages = Math.max(1, poolOptions?.maxMessagesPerConnection ?? 100)
-    const maxAge = millis(poolOptions?.maxConnectionAge ?? "5 minutes")
-    const healthCheck = poolOptions?.healthCheck ?? "NOOP"
-    const healthCheckAfter = millis(poolOptions?.healthCheckAfter ?? "1 second")
     const retry = options.retry === undefined ? SmtpRetry.defaultPolicy : options.retry
     const limit = options.rateLimit === undefined
       ? undefined
@@ -139,107 +122,48 @@ export const make = (
         interval: options.rateLimit.per,
         algorithm: "fixed-window"
       })
-    const concurrency = options.maxConcurrentTransactions ?? (poolOptions === undefined ? undefined : maxConnections)
-    const transactions = concurrency === undefined ? undefined : makeGate(Math.max(1, concurrency))
 
+    const maxInFlight = options.maxConcurrentTransactions === undefined
+      ? undefined
+      : Math.max(1, options.maxConcurrentTransactions)
     let inFlight = 0
-    let open = 0
-    let waiting = 0
-    /** The pool's connections, so that closing the client can QUIT them all at once. */
-    const held = new Set<SmtpConnection.SmtpConnection>()
-
-    /** One connection for one transaction: fresh, or checked out of the pool and checked before use. */
-    // A fresh connection gets the context the client was built in: the transport, and SmtpAuth when it is there.
-    const context = Context.omit(Scope.Scope)(yield* Effect.context<SmtpTransport>())
-    const withConnection: WithConnection = poolOptions === undefined
-      ? (use) => Effect.scoped(Effect.flatMap(Effect.provide(SmtpConnection.make(options.connection), context), use))
-      : yield* Effect.gen(function*() {
-        const pool = yield* Pool.makeWithTTL({
-          acquire: Effect.gen(function*() {
-            const connection = yield* SmtpConnection.make(options.connection)
-            const now = yield* Clock.currentTimeMillis
-            open++
-            held.add(connection)
-            yield* Metric.set(poolConnections, open)
-            yield* Effect.addFinalizer(() =>
-              Effect.suspend(() => {
-                held.delete(connection)
-                return Metric.set(poolConnections, --open)
-              })
-            )
-            return { connection, createdAt: now, uses: 0, lastUsed: now } satisfies Pooled as Pooled
-          }),
-          min: 0,
-          max: maxConnections,
-          timeToLive: poolOptions.idleTimeout ?? "30 seconds",
-          timeToLiveStrategy: "usage"
-        })
-
-        /** A connection fit for one more transaction, held in its own scope. */
-        const checkout = Effect.gen(function*() {
-          for (;;) {
-            const scope = yield* Scope.make()
-            const got = yield* Effect.exit(Scope.extend(Pool.get(pool), scope))
-            if (Exit.isFailure(got)) {
-              yield* Scope.close(scope, got)
-              return yield* Effect.failCause(got.cause)
-            }
-            const item = got.value
-            const now = yield* Clock.currentTimeMillis
-            const { closed } = yield* item.connection.state
-            let fit = !closed && now - item.createdAt < maxAge && item.uses < maxMessages
-            if (fit && healthCheck !== false && now - item.lastUsed >= healthCheckAfter) {
-              // Idle a while: the server may have closed it (RFC 5321 §4.5.3.2.7 lets it), so ask first.
-              const check = healthCheck === "NOOP" ? item.connection.noop() : item.connection.rset
-              fit = Exit.isSuccess(yield* Effect.exit(check))
-            }
-            if (fit) return { item, scope }
-            yield* Pool.invalidate(pool, item)
-            yield* Scope.close(scope, Exit.void)
-          }
-        })
-
-        const pooled: WithConnection = (use) =>
-          Effect.scoped(Effect.acquireUseRelease(
-            checkout,
-            ({ item }) => use(item.connection),
-            ({ item, scope }) =>
-              Effect.gen(function*() {
-                item.uses++
-                item.lastUsed = yield* Clock.currentTimeMillis
-                // A connection that saw a 421, a timeout or a protocol error is closed by now: never reused.
-                const { closed } = yield* item.connection.state
-                if (closed || item.uses >= maxMessages) yield* Pool.invalidate(pool, item)
-                yield* Scope.close(scope, Exit.void)
-              })
-          ))
-        return pooled
+    let attempt: Attempt
+    /** `sendAll`'s sends at once: the cap on transactions, else one per connection's window (one without a pool). */
+    let sendAllConcurrency = maxInFlight ?? 1
+    let closeConnections: Effect.Effect<void> = Effect.void
+    if (poolOptions === undefined) {
+      // A fresh connection per attempt, with the context the client was built in: the transport, and SmtpAuth when it
+      // is there.
+      const context = Context.omit(Scope.Scope)(yield* Effect.context<SmtpTransport>())
+      const gate = maxInFlight === undefined ? undefined : makeGate(maxInFlight)
+      attempt = (submission) => {
+        const once = Effect.either(Effect.scoped(Effect.flatMap(
+          Effect.provide(SmtpConnection.make(options.connection), context),
+          (connection) =>
+            connection.send(submission.envelope, submission.body, { ...options.sendOptions, ...submission.options })
+        )))
+        return gate === undefined ? once : gate(once)
+      }
+    } else {
+      const maxConnections = Math.max(1, poolOptions.maxConnections ?? 4)
+      const window = Math.max(1, poolOptions.window ?? 16)
+      const lanes = yield* Lanes.make({
+        connection: options.connection,
+        maxConnections,
+        maxMessagesPerConnection: Math.max(1, poolOptions.maxMessagesPerConnection ?? 100),
+        maxConnectionAge: millis(poolOptions.maxConnectionAge ?? "5 minutes"),
+        idleTimeout: poolOptions.idleTimeout ?? "30 seconds",
+        healthCheck: poolOptions.healthCheck ?? "NOOP",
+        healthCheckAfter: millis(poolOptions.healthCheckAfter ?? "1 second"),
+        window,
+        maxInFlight,
+        sendOptions: options.sendOptions
       })
-
-    /**
-     * One transaction, within the rate limit and the cap on concurrent transactions. From the cap until it has a
-     * connection, the send counts as waiting.
-     */
-    const attempt = <E, R>(
-      envelope: SmtpSubmission.Envelope,
-      body: SmtpSubmission.Body<E, R>,
-      sendOptions: SmtpSubmission.SendOptions | undefined
-    ) => {
-      const waited = Effect.suspend(() => {
-        let stillWaiting = true
-        const stopWaiting = Effect.suspend(() => {
-          if (!stillWaiting) return Effect.void
-          stillWaiting = false
-          return Metric.set(poolWaiters, --waiting)
-        })
-        const once = withConnection((connection) =>
-          Effect.zipRight(stopWaiting, connection.send(envelope, body, { ...options.sendOptions, ...sendOptions }))
-        )
-        const capped = transactions === undefined ? once : transactions(once)
-        return Effect.zipRight(Metric.set(poolWaiters, ++waiting), Effect.ensuring(capped, stopWaiting))
-      })
-      return limit === undefined ? waited : limit(waited)
+      attempt = lanes.send
+      sendAllConcurrency = maxInFlight ?? maxConnections * window
+      closeConnections = lanes.close
     }
+    const limited: Attempt = limit === undefined ? attempt : (submission) => limit(attempt(submission))
 
     const send: SmtpClient.Service["send"] = (envelope, body, sendOptions) =>
       Effect.gen(function*() {
@@ -254,7 +178,6 @@ export const make = (
               })
               : Effect.isSuccess(driver.next(error))
           )
-        const entries = new Map(envelope.to.map((entry) => [typeof entry === "string" ? entry : entry.address, entry]))
         const accepted: Array<SmtpSubmission.AcceptedRecipient> = []
         const refused: Array<SmtpSubmission.RejectedRecipient> = []
         let current = envelope
@@ -262,11 +185,11 @@ export const make = (
         let attempts = 0
         for (;;) {
           attempts++
-          const outcome = yield* Effect.either(attempt(current, body, sendOptions))
+          const outcome = yield* limited({ envelope: current, body, options: sendOptions })
           if (Either.isLeft(outcome)) {
             if (yield* tryAgain(outcome.left)) continue
             // Recipients an earlier attempt delivered to stay delivered; the rest keep their last refusal.
-            if (last === undefined) return yield* Effect.fail(outcome.left)
+            if (last === undefined) return yield* Effect.fail(outcome.left as SmtpClient.SendError)
             return { ...last, accepted, rejected: [...refused, ...last.rejected.filter(isTransient)], attempts }
           }
           const result = outcome.right
@@ -278,6 +201,9 @@ export const make = (
             return { ...result, accepted, rejected: [...refused, ...transient], attempts }
           }
           // Only the recipients refused with a 4xx are tried again.
+          const entries = new Map(
+            envelope.to.map((entry) => [typeof entry === "string" ? entry : entry.address, entry])
+          )
           current = { ...envelope, to: transient.map((r) => entries.get(r.recipient) ?? r.recipient) }
         }
       }).pipe(
@@ -313,31 +239,38 @@ export const make = (
         })
       )
 
-    // Closing: wait (bounded) for the sends in flight, then QUIT every connection at once, each bounded by its QUIT
-    // timeout (the pool's own release would close them one after another); the pool's scope then closes them.
+    // Closing: wait (bounded) for the sends in flight, then close every connection at once, each with QUIT bounded by
+    // its QUIT timeout.
     const idle: Effect.Effect<void> = Effect.suspend(() =>
       inFlight === 0 ? Effect.void : Effect.zipRight(Effect.sleep("10 millis"), idle)
     )
-    const quitAll = Effect.suspend(() =>
-      Effect.forEach(
-        [...held],
-        (connection) => Effect.ignore(Effect.timeout(connection.quit, connection.timeouts.quit)),
-        { concurrency: "unbounded", discard: true }
-      )
-    )
     yield* Effect.addFinalizer(() =>
       Effect.ignore(Effect.timeout(idle, options.shutdownTimeout ?? "30 seconds")).pipe(
-        Effect.zipRight(quitAll),
-        Effect.interruptible
+        Effect.interruptible,
+        Effect.zipRight(closeConnections)
       )
     )
 
-    return fromSend(send)
+    return fromSend(send, sendAllConcurrency)
   })
 
-/** A client from its `send`: `sendMessage` composes the message and sends it with it. */
-const fromSend = (send: SmtpClient.Service["send"]): SmtpClient.Service => ({
+/**
+ * A client from its `send`: `sendAll` sends each submission with it, `concurrency` at once by default, and
+ * `sendMessage` composes the message and sends it with it.
+ */
+const fromSend = (send: SmtpClient.Service["send"], concurrency: number): SmtpClient.Service => ({
   send,
+  sendAll: <E, R, R2>(
+    submissions:
+      | Iterable<SmtpSubmission.Submission<E, R>>
+      | Stream.Stream<SmtpSubmission.Submission<E, R>, never, R2>,
+    options?: { readonly concurrency?: number | undefined }
+  ) =>
+    Stream.mapEffect(
+      Submission.isStream(submissions) ? submissions : Stream.fromIterable(submissions),
+      (submission) => Effect.either(send(submission.envelope, submission.body, submission.options)),
+      { concurrency: Math.max(1, options?.concurrency ?? concurrency) }
+    ),
   sendMessage: (message, sendOptions) =>
     Effect.flatMap(Message.compose(message), (composed) =>
       Effect.map(
@@ -417,7 +350,7 @@ export const makeTest: Effect.Effect<
       } satisfies SmtpClient.SendResult
     })
 
-  const client = fromSend(send)
+  const client = fromSend(send, 1)
   const controls: SmtpClient.TestControls = {
     sent: Effect.sync(() => [...recorded]),
     refuseRecipients: (rule) => Effect.sync(() => void (refuse = rule)),

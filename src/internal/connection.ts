@@ -826,5 +826,30 @@ export const make = (
     // With SmtpAuth in context, every connection signs in before it is handed out.
     const auth = yield* Effect.serviceOption(SmtpAuth.SmtpAuth)
     if (Option.isSome(auth)) yield* authenticate(auth.value)
+    feeds.set(
+      connection,
+      (feed, feedOptions, emit) =>
+        use(Submission.run(session, feed, feedOptions, emit)).pipe(Effect.catchAll(Effect.succeed))
+    )
     return connection
   })
+
+/** Runs a feed on one connection: see `serve`. */
+type Serve = <K extends SmtpSubmission.Submission<E, R>, E, R, R2>(
+  feed: Submission.Feed<K, E, R, R2>,
+  options: SmtpSubmission.SendAllOptions,
+  emit: (outcome: Submission.Outcome<K, E>) => Effect.Effect<void>
+) => Effect.Effect<Engine.Fatal | undefined, never, R | R2>
+
+const feeds = new WeakMap<SmtpConnection.SmtpConnection, Serve>()
+
+/**
+ * Runs messages from `feed` on a connection opened by `make`, as the client's lanes do: until the feed has no more
+ * ready, or the session breaks (its error is returned; the feed's messages not taken are the caller's to place).
+ */
+export const serve = <K extends SmtpSubmission.Submission<E, R>, E, R, R2>(
+  connection: SmtpConnection.SmtpConnection,
+  feed: Submission.Feed<K, E, R, R2>,
+  options: SmtpSubmission.SendAllOptions,
+  emit: (outcome: Submission.Outcome<K, E>) => Effect.Effect<void>
+): Effect.Effect<Engine.Fatal | undefined, never, R | R2> => feeds.get(connection)!(feed, options, emit)

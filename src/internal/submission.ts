@@ -268,7 +268,8 @@ export const runHandFed = <E, R>(
       )
   })
 
-const isStream = <A, R>(u: Iterable<A> | Stream.Stream<A, never, R>): u is Stream.Stream<A, never, R> =>
+/** True for a Stream of submissions, false for an iterable. */
+export const isStream = <A, R>(u: Iterable<A> | Stream.Stream<A, never, R>): u is Stream.Stream<A, never, R> =>
   Predicate.hasProperty(u, Stream.StreamTypeId)
 
 /**
