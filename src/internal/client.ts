@@ -3,13 +3,16 @@
  * are tried again), its rate limit, metrics and span, over the pool's connections as lanes (`lanes.ts`) or a fresh
  * connection per attempt; and the test client backed by memory.
  */
-import * as Clock from "effect/Clock"
+import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
 import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as RateLimiter from "effect/RateLimiter"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
@@ -96,16 +99,6 @@ const millis = (duration: Duration.DurationInput) => Duration.toMillis(Duration.
 const refusedTransient = Metric.tagged(recipientsRefused, "class", "transient")
 const refusedPermanent = Metric.tagged(recipientsRefused, "class", "permanent")
 
-/** Counts the refusals that stood, by class. */
-const countRefusals = (rejected: ReadonlyArray<SmtpSubmission.RejectedRecipient>) => {
-  const transient = rejected.filter(isTransient).length
-  const permanent = rejected.length - transient
-  return Effect.zipRight(
-    transient === 0 ? Effect.void : Metric.incrementBy(refusedTransient, transient),
-    permanent === 0 ? Effect.void : Metric.incrementBy(refusedPermanent, permanent)
-  )
-}
-
 /** One attempt at one message: its result or its error as a value. */
 type Attempt = <E, R>(submission: SmtpSubmission.Submission<E, R>) => Effect.Effect<Lanes.Outcome, never, R>
 
@@ -165,73 +158,90 @@ export const make = (
     }
     const limited: Attempt = limit === undefined ? attempt : (submission) => limit(attempt(submission))
 
-    const send: SmtpClient.Service["send"] = (envelope, body, sendOptions) =>
+    /** After a first attempt that failed, or left recipients refused with a 4xx: the retries the policy allows. */
+    const retrying = <E, R>(
+      envelope: SmtpSubmission.Envelope,
+      body: SmtpSubmission.Body<E, R>,
+      sendOptions: SmtpSubmission.SendOptions | undefined,
+      first: Lanes.Outcome
+    ) =>
       Effect.gen(function*() {
-        // Made at the first failure: a send that goes through at once pays nothing for its retries.
-        let driver: Schedule.ScheduleDriver<unknown, unknown> | undefined
+        const driver = retry === false ? undefined : yield* Schedule.driver(retry)
         const tryAgain = (error: unknown): Effect.Effect<boolean> =>
-          retry === false ? Effect.succeed(false) : Effect.suspend(() =>
-            driver === undefined
-              ? Effect.flatMap(Schedule.driver(retry), (made) => {
-                driver = made
-                return Effect.isSuccess(made.next(error))
-              })
-              : Effect.isSuccess(driver.next(error))
-          )
+          driver === undefined ? Effect.succeed(false) : Effect.isSuccess(driver.next(error))
         const accepted: Array<SmtpSubmission.AcceptedRecipient> = []
         const refused: Array<SmtpSubmission.RejectedRecipient> = []
         let current = envelope
         let last: SmtpSubmission.SendResult | undefined
-        let attempts = 0
+        let attempts = 1
+        let outcome = first
         for (;;) {
-          attempts++
-          const outcome = yield* limited({ envelope: current, body, options: sendOptions })
           if (Either.isLeft(outcome)) {
-            if (yield* tryAgain(outcome.left)) continue
-            // Recipients an earlier attempt delivered to stay delivered; the rest keep their last refusal.
-            if (last === undefined) return yield* Effect.fail(outcome.left as SmtpClient.SendError)
-            return { ...last, accepted, rejected: [...refused, ...last.rejected.filter(isTransient)], attempts }
+            if (!(yield* tryAgain(outcome.left))) {
+              // Recipients an earlier attempt delivered to stay delivered; the rest keep their last refusal.
+              if (last === undefined) return yield* Effect.fail(outcome.left as SmtpClient.SendError | E)
+              return { ...last, accepted, rejected: [...refused, ...last.rejected.filter(isTransient)], attempts }
+            }
+          } else {
+            const result = outcome.right
+            last = result
+            accepted.push(...result.accepted)
+            refused.push(...result.rejected.filter((r) => !isTransient(r)))
+            const transient = result.rejected.filter(isTransient)
+            if (transient.length === 0 || !(yield* tryAgain(transient[0]!.error))) {
+              return { ...result, accepted, rejected: [...refused, ...transient], attempts }
+            }
+            // Only the recipients refused with a 4xx are tried again.
+            const entries = new Map(
+              envelope.to.map((entry) => [typeof entry === "string" ? entry : entry.address, entry])
+            )
+            current = { ...envelope, to: transient.map((r) => entries.get(r.recipient) ?? r.recipient) }
           }
-          const result = outcome.right
-          last = result
-          accepted.push(...result.accepted)
-          refused.push(...result.rejected.filter((r) => !isTransient(r)))
-          const transient = result.rejected.filter(isTransient)
-          if (transient.length === 0 || !(yield* tryAgain(transient[0]!.error))) {
-            return { ...result, accepted, rejected: [...refused, ...transient], attempts }
-          }
-          // Only the recipients refused with a 4xx are tried again.
-          const entries = new Map(
-            envelope.to.map((entry) => [typeof entry === "string" ? entry : entry.address, entry])
-          )
-          current = { ...envelope, to: transient.map((r) => entries.get(r.recipient) ?? r.recipient) }
+          attempts++
+          outcome = yield* limited({ envelope: current, body, options: sendOptions })
         }
-      }).pipe(
-        Effect.tap((result) =>
-          Effect.zipRight(
-            result.accepted.length > 0 ? Metric.increment(messagesSent) : Effect.void,
-            countRefusals(result.rejected)
-          )
-        ),
-        Effect.tapError((error) =>
-          Metric.increment(
-            Metric.tagged(messagesFailed, "error", (error as { readonly _tag?: string })._tag ?? "unknown")
-          )
-        ),
-        // Every send's duration, failed ones too (Metric.trackDuration counts only successes).
-        (effect) =>
-          Effect.flatMap(Clock.currentTimeMillis, (started) =>
-            Effect.onExit(effect, () =>
-              Effect.flatMap(
-                Clock.currentTimeMillis,
-                (now) => Metric.update(sendDuration, Duration.millis(now - started))
-              ))),
-        (effect) =>
-          Effect.acquireUseRelease(
-            Effect.sync(() => inFlight++),
-            () => effect,
-            () => Effect.sync(() => inFlight--)
-          ),
+      })
+
+    /**
+     * A send counted: in flight until it ends, then its metrics (sent or failed, refusals by class) and its duration,
+     * failed sends too (Metric.trackDuration counts only successes). One step before and one after, as this runs once
+     * per send.
+     */
+    const counted = <A extends SmtpClient.SendResult, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Effect.uninterruptibleMask((restore) =>
+        Effect.clockWith((clock) => {
+          const started = clock.unsafeCurrentTimeMillis()
+          inFlight++
+          return Effect.onExit(restore(effect), (exit) =>
+            FiberRef.getWith(FiberRef.currentMetricLabels, (labels) =>
+              Effect.sync(() => {
+                inFlight--
+                sendDuration.unsafeUpdate(Duration.millis(clock.unsafeCurrentTimeMillis() - started), labels)
+                if (Exit.isSuccess(exit)) {
+                  const { accepted, rejected } = exit.value
+                  if (accepted.length > 0) messagesSent.unsafeUpdate(1, labels)
+                  for (const r of rejected) {
+                    ;(isTransient(r) ? refusedTransient : refusedPermanent).unsafeUpdate(1, labels)
+                  }
+                } else {
+                  const failure = Cause.failureOption(exit.cause)
+                  if (Option.isSome(failure)) {
+                    const tag = (failure.value as { readonly _tag?: string })._tag ?? "unknown"
+                    Metric.tagged(messagesFailed, "error", tag).unsafeUpdate(1, labels)
+                  }
+                }
+              })))
+        })
+      )
+
+    const send: SmtpClient.Service["send"] = (envelope, body, sendOptions) =>
+      counted(
+        Effect.flatMap(limited({ envelope, body, options: sendOptions }), (outcome) =>
+          // Through at once, with no recipient to try again: the common case pays nothing for retries.
+          Either.isRight(outcome) && !outcome.right.rejected.some(isTransient)
+            ? Effect.succeed({ ...outcome.right, attempts: 1 })
+            : retrying(envelope, body, sendOptions, outcome))
+      ).pipe(
         Effect.withSpan("smtp.client.send", {
           captureStackTrace: false,
           kind: "client",

@@ -93,12 +93,11 @@ const complete = (pending: Pending, outcome: Effect.Effect<Outcome>): void => {
   else resume(outcome)
 }
 
-/**
- * A body read on a lane's fiber with the context of the send that gave it (a stream or a reader may need services);
- * in memory, it needs none.
- */
-const withContext = <E, R>(body: SmtpSubmission.Body<E, R>, context: Context.Context<R>): SmtpSubmission.Body<E> => {
-  if (typeof body === "string" || body instanceof Uint8Array) return body
+/** A stream or reader body read on a lane's fiber, with the services of the send that gave it. */
+const withContext = <E, R>(
+  body: Stream.Stream<Uint8Array, E, R> | SmtpSubmission.ReaderBody<E, R>,
+  context: Context.Context<R>
+): SmtpSubmission.Body<E> => {
   // The lane's own services (its Scope above all) win over the sender's.
   const merge = <I>(inner: Context.Context<I>) => Context.merge(context, inner)
   if (Body.isReaderBody(body)) {
@@ -195,17 +194,18 @@ export const make = (settings: Settings): Effect.Effect<Lanes, never, Scope.Scop
         ready: () => mayTake(lane),
         wait: Effect.sync(() => mayTake(lane))
       }
-      const emit = ({ key, result, untouched: unsent }: Submission.Outcome<Pending, unknown>) =>
-        Effect.suspend(() => {
-          lane.riding.delete(key)
-          riding--
-          if (unsent && Either.isLeft(result)) {
-            untouched.push(key)
-            return Effect.void
-          }
-          complete(key, Effect.succeed(result))
-          return settings.maxInFlight === undefined ? Effect.void : dispatch
-        })
+      // Called as the driver hands results on, inside its effects: the work is done at once, and a send's result
+      // costs no effect of its own.
+      const emit = ({ key, result, untouched: unsent }: Submission.Outcome<Pending, unknown>): Effect.Effect<void> => {
+        lane.riding.delete(key)
+        riding--
+        if (unsent && Either.isLeft(result)) {
+          untouched.push(key)
+          return Effect.void
+        }
+        complete(key, Effect.succeed(result))
+        return settings.maxInFlight === undefined ? Effect.void : dispatch
+      }
       return Connection.serve(lane.connection, feed, sendOptions, emit).pipe(
         Effect.ensuring(Effect.sync(() => requeue(untouched)))
       )
@@ -294,12 +294,20 @@ export const make = (settings: Settings): Effect.Effect<Lanes, never, Scope.Scop
         fiber.addObserver(() => fibers.delete(fiber))
       }))
 
-    const send = <E, R>(submission: SmtpSubmission.Submission<E, R>): Effect.Effect<Outcome, never, R> =>
-      Effect.flatMap(Effect.context<R>(), (context) => {
+    const send = <E, R>(submission: SmtpSubmission.Submission<E, R>): Effect.Effect<Outcome, never, R> => {
+      const body = submission.body
+      return typeof body === "string" || body instanceof Uint8Array
+        ? enqueue(submission as SmtpSubmission.Submission<E>, body)
+        : Effect.flatMap(Effect.context<R>(), (context) => enqueue(submission, withContext(body, context)))
+    }
+
+    /** Puts a send in the backlog and waits for its outcome. */
+    const enqueue = (submission: SmtpSubmission.Submission<unknown, unknown>, body: SmtpSubmission.Body<unknown>) =>
+      Effect.suspend((): Effect.Effect<Outcome> => {
         if (closing) return Effect.succeed(Either.left(new NetworkError({ operation: "send after the client closed" })))
         const pending: Pending = {
           envelope: submission.envelope,
-          body: withContext(submission.body, context),
+          body,
           options: submission.options,
           resume: undefined,
           early: undefined,
