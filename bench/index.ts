@@ -2,9 +2,10 @@
  * The benchmarks: `npm run bench`. Prints one table per group; see docs/benchmarks.md for what each row measures.
  * Without an argument it runs every group; `node .bench-build/bench/index.js core` runs only the sans-IO protocol
  * core (reply parsing, DATA encoding), `... submission` only the submission benchmarks (real servers and sockets),
- * `... memory` only the peak RSS of one 1 GiB message, `... pool` only the SmtpClient pool benchmarks (pool scaling,
- * client CPU with a pool). `... instructions` (client instructions per message under valgrind's callgrind) runs only
- * when named.
+ * `... memory` only the peak RSS of one 1 GiB message, `... pool` only the SmtpClient benchmarks (SmtpClient,
+ * Nodemailer and the raw client with 1 to 8 connections to smtp-server, Postfix and Exim, on loopback and at 10 ms;
+ * client CPU; `BENCH_QUICK=1` makes it a smoke test of under a minute). `... instructions` (client instructions per
+ * message under valgrind's callgrind) runs only when named.
  */
 import { readFileSync } from "node:fs"
 import * as os from "node:os"
@@ -94,8 +95,8 @@ const memory = async (): Promise<void> => {
 
 const pool = async (): Promise<void> => {
   console.log(
-    "\nSmtpClient pool: a pool of N connections per run, smtp-server and the proxy in their own processes; " +
-      "median of the measured rounds, cases interleaved"
+    "\nSmtpClient: a pool of N connections per run on smtp-server, Postfix and Exim, on loopback and through the " +
+      "proxy; smtp-server and the proxy in their own processes; median of the measured rounds, cases interleaved"
   )
   await Pool.run(console.log)
 }

@@ -1,28 +1,57 @@
 /**
- * The SmtpClient pool: `SmtpClient.send` over a pool of N connections beside Nodemailer's pool of N. Nodemailer gets
- * every `sendMail` at once, and ours every `send` at once (`Effect.forEach` with unbounded concurrency): the client's
- * pool and its cap on concurrent transactions queue them.
+ * The SmtpClient benchmark (issue 13): `SmtpClient.send` over a pool of N connections beside Nodemailer's pool of N
+ * and beside the raw pipelined client (rawClient.ts) on N connections at once, in one run, on smtp-server, Postfix and
+ * Exim (servers.ts), each on loopback and through the delay proxy (a 10 ms round trip), for N = 1, 2, 4 and 8.
  *
- * - Scaling: 150 × N messages of 5,000 octets through the 10 ms delay proxy to smtp-server, N = 1, 2, 4, 8.
- * - CPU: 5,000 messages straight to smtp-server with a pool of 4, the client's CPU time per message.
+ * - SmtpClient: a fresh `SmtpClient.layer` per run with `pool: { maxConnections: N }` and no retries, every `send`
+ *   started at once (`Effect.forEach` with unbounded concurrency); the client's pool and its cap on concurrent
+ *   transactions queue them. Nodemailer: a pool of N, every `sendMail` started at once. Raw: N pipelined sessions at
+ *   once, each taking the next message of the batch when it has room for one: DATA to smtp-server (no CHUNKING),
+ *   BDAT with 16 transactions in flight per session to Postfix and Exim. Through the proxy, BDAT made 2 to 4 times
+ *   the rate of DATA (which waits a round trip per message) on those two; windows of 16 and 64, and a fixed slice of
+ *   the batch per session instead of the shared one, came out within the noise of each other in scratch runs, except
+ *   that with 8 sessions at window 64 the first sessions to connect take the whole of a loopback batch. The row names
+ *   the mode.
+ * - Every case of a cell (server, route, N) sends the same batch of 5,000-octet messages (messages.ts): through the
+ *   proxy 80 × N (Nodemailer's two round trips a message make that about 2 s a run; the raw client's BDAT runs are
+ *   over in a few hundred ms), on loopback a fixed count per server, about 1 s for the slowest client. The servers
+ *   set the pace on loopback: Postfix and Exim take a few hundred messages per second on 2 cores, and Postfix not
+ *   many more through the proxy either; the raw client's scaling shows where a server stops every client. Per server
+ *   and route, a warm-up round with a fifth of the messages, then 3 interleaved rounds; each row is the median. The
+ *   whole group takes 5 to 6 minutes on 2 cores.
+ * - Loopback runs also record the client process's CPU time (user and system): CPU per message per row, and a
+ *   table per server for the pool of 4.
+ * - Every run checks the server's count of messages (smtp-server's tally, Postfix's Maildir deliveries, the messages
+ *   in Exim's queue: see servers.ts) and throws when it differs from what was sent. It also checks the connections the
+ *   run opened where something counts them (smtp-server on both routes, the proxy in front of Postfix and Exim; not
+ *   Postfix and Exim on loopback): between 1 and N, exactly N for the raw client.
+ * - Each table has "x Nodemailer" and "x raw" (over those clients with the same N in the same run) and "scaling"
+ *   (the rate at N over N times the same client's rate at 1 connection: 1.00 is linear). A last table sets issue 13's
+ *   goals beside the ratios found; nothing is asserted.
+ * - The run writes docs/pool-scaling.svg (poolChart.ts): msg/s against N, one line per server and client, through the
+ *   proxy and on loopback.
  *
- * smtp-server and the proxy run in child processes. Every run checks the server's own count of messages, octets and
- * connections opened, and throws when it differs from what was sent or when a pool opened more than N connections.
- * The run also writes docs/pool-scaling.svg, a chart of the scaling medians.
+ * `BENCH_QUICK=1` shrinks every batch (10 × N messages through the proxy, 200 on loopback) and runs one round without
+ * warm-up: a smoke test of the whole group in under a minute, whose figures mean little. Its chart goes to
+ * .bench-build/pool-scaling.svg, not to docs.
  */
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as fs from "node:fs"
+import * as DataEncoder from "../src/DataEncoder.js"
 import * as SmtpClient from "../src/SmtpClient.js"
 import * as SmtpTransport from "../src/SmtpTransport.js"
-import type { Child } from "./child.js"
-import { startChild } from "./child.js"
 import type { Case, Options, Result } from "./harness.js"
-import { columns, fixed, measure } from "./harness.js"
+import { columns, fixed, measure, median } from "./harness.js"
 import type { Message } from "./messages.js"
 import { MESSAGE_SIZE, messages } from "./messages.js"
-import type { CpuSample, Tally } from "./submission.js"
+import type { Series } from "./poolChart.js"
+import { scalingChart } from "./poolChart.js"
+import * as RawClient from "./rawClient.js"
+import type { BenchServer, ServerName, Tally } from "./servers.js"
+import { startServer } from "./servers.js"
+import type { CpuSample } from "./submission.js"
 import {
   cpuTable,
   DELAY_MS,
@@ -33,64 +62,87 @@ import {
   roundTrip,
   RUN_TIMEOUT_MS,
   slowest,
-  smtpServerTally,
   withCpu
 } from "./submission.js"
 
+const QUICK = process.env.BENCH_QUICK === "1"
 const CONNECTIONS: ReadonlyArray<number> = [1, 2, 4, 8]
-/** Two round trips of about 12 ms a message, N at a time: about 3.7 s a run for every N. */
-const SCALING_MESSAGES_PER_CONNECTION = 150
-const SCALING_WARMUP_MESSAGES_PER_CONNECTION = 20
-/** Three rounds of eight runs of about 3.7 s: a median of three per row, in about 90 s. */
-const SCALING_OPTIONS: Options = { warmupRounds: 0, rounds: 3 }
+const SERVERS: ReadonlyArray<ServerName> = ["smtp-server", "Postfix", "Exim"]
+const CLIENTS = ["Nodemailer", "raw", "SmtpClient"] as const
+type Client = typeof CLIENTS[number]
+type Route = "proxy" | "loopback"
+const ROUTES: ReadonlyArray<Route> = ["proxy", "loopback"]
+/** The pool of the CPU tables. */
 const CPU_CONNECTIONS = 4
-const CPU_MESSAGES = 5_000
-const CPU_WARMUP_MESSAGES = 500
-/** Five rounds, as the submission group's CPU table: CPU time per message moves by up to 2x on this machine. */
-const CPU_OPTIONS: Options = { warmupRounds: 0, rounds: 5 }
 
-const SERVER_PROCESS = new URL("./serverProcess.js", import.meta.url)
-const CHART = new URL("../../docs/pool-scaling.svg", import.meta.url)
+/** How the raw client talks to a server: DATA pipelined, or BDAT with `window` transactions in flight. */
+type RawMode = { readonly kind: "DATA" } | { readonly kind: "BDAT"; readonly window: number }
 
-/**
- * smtp-server's count of connections opened, read after every run: a run must open between 1 and its pool's
- * maximum. Keeps the counts of each case's runs.
- */
-interface Connections {
-  readonly check: (name: string, max: number) => Promise<void>
-  readonly opened: (name: string) => ReadonlyArray<number>
+interface Plan {
+  readonly raw: RawMode
+  /** Messages per run on loopback, whatever N: the clients are bound by the CPU there, not by round trips. */
+  readonly loopback: number
+  /** Messages per run and connection through the proxy. */
+  readonly perConnection: number
 }
 
-const connectionCount = async (server: Child): Promise<Connections> => {
-  let seen = Number((await server.request("stats")).connections)
-  const runs = new Map<string, Array<number>>()
+const PLANS: Readonly<Record<ServerName, Plan>> = {
+  "smtp-server": { raw: { kind: "DATA" }, loopback: 1_500, perConnection: 80 },
+  Postfix: { raw: { kind: "BDAT", window: 16 }, loopback: 400, perConnection: 80 },
+  Exim: { raw: { kind: "BDAT", window: 16 }, loopback: 300, perConnection: 80 }
+}
+
+const OPTIONS: Options = QUICK ? { warmupRounds: 0, rounds: 1 } : { warmupRounds: 0, rounds: 3 }
+/** The warm-up round sends a fifth of each batch: enough for the JIT and the servers' processes. */
+const WARMUP_FRACTION = 5
+
+const batchSize = (plan: Plan, route: Route, n: number): number =>
+  route === "loopback" ? (QUICK ? 200 : plan.loopback) : (QUICK ? 10 : plan.perConnection) * n
+
+const routeName = (route: Route): string => route === "proxy" ? `${2 * DELAY_MS} ms RTT` : "loopback"
+
+const conns = (n: number): string => `${n} conn${n === 1 ? "" : "s"}`
+
+const rawName = (mode: RawMode): string =>
+  mode.kind === "DATA" ? "raw, DATA pipelined" : `raw, BDAT window ${mode.window}`
+
+/**
+ * The raw client on `n` connections at once, one pipelined session each, every session taking the next message of
+ * the batch when it has room for one (a shared cursor), as a pool hands a message to the connection that is free.
+ * Returns the messages accepted over all of them.
+ */
+const rawCase = (
+  name: string,
+  port: number,
+  tally: Tally,
+  batch: ReadonlyArray<Message>,
+  n: number,
+  mode: RawMode
+): Case => {
+  const bodies = batch.map((m) => mode.kind === "DATA" ? Either.getOrThrow(DataEncoder.encode(m.body)) : m.body)
+  const session = (cursor: RawClient.Cursor): Promise<number> =>
+    mode.kind === "DATA"
+      ? RawClient.sendData(port, batch, bodies, RUN_TIMEOUT_MS, cursor)
+      : RawClient.sendBdat(port, batch, bodies, mode.window, RUN_TIMEOUT_MS, 0, cursor)
   return {
-    check: async (name, max) => {
-      const now = Number((await server.request("stats")).connections)
-      const opened = now - seen
-      seen = now
-      if (opened < 1 || opened > max) throw new Error(`${name}: ${opened} connections opened, the pool allows ${max}`)
-      runs.set(name, [...(runs.get(name) ?? []), opened])
+    name,
+    bytes: batch.length * MESSAGE_SIZE,
+    items: batch.length,
+    run: async () => {
+      const cursor = { next: 0 }
+      const accepted = await Promise.all(Array.from({ length: n }, () => session(cursor)))
+      return accepted.reduce((a, b) => a + b, 0)
     },
-    opened: (name) => runs.get(name) ?? []
+    verify: expecting(name, batch.length, tally)
   }
 }
 
-/** A case that also checks the connections its run opened. */
-const counting = (c: Case, connections: Connections, max: number): Case => ({
-  ...c,
-  verify: async (accepted) => {
-    await c.verify(accepted)
-    await connections.check(c.name, max)
-  }
-})
-
 /**
- * Ours: a fresh `SmtpClient` layer per run (a pool of `maxConnections`, no retries), the messages given to
- * `Effect.forEach` with unbounded concurrency, as Nodemailer gets them. Every result must be one
- * accepted recipient (the right one), none refused, a 250, in one attempt.
+ * SmtpClient: a fresh layer per run (a pool of `maxConnections`, no retries), the messages given to `Effect.forEach`
+ * with unbounded concurrency, as Nodemailer gets them. Every result must be one accepted recipient (the right one),
+ * none refused, a 250, in one attempt.
  */
-const oursCase = (
+const smtpClientCase = (
   name: string,
   port: number,
   tally: Tally,
@@ -137,205 +189,277 @@ const oursCase = (
   }
 }
 
-/** Both clients with a pool of `n`, Nodemailer first. */
-const pair = (
-  port: number,
-  tally: Tally,
-  connections: Connections,
-  batch: ReadonlyArray<Message>,
-  n: number
-): ReadonlyArray<Case> => [
-  counting(
-    nodemailerCase(`Nodemailer, pool of ${n}`, port, tally, batch, "burst", n),
-    connections,
-    n
-  ),
-  counting(oursCase(`ours, SmtpClient pool of ${n}`, port, tally, batch, n), connections, n)
-]
-
-/** One point of the chart: the median msg/s of both clients with a pool of `connections`. */
-interface Point {
-  readonly connections: number
-  readonly nodemailer: number
-  readonly ours: number
+/** One row of a table: a client with a pool (or a number of sessions) of `n`. */
+interface Row {
+  readonly client: Client
+  readonly n: number
+  readonly case: Case
 }
 
-/** A step for the y axis: 1, 2 or 5 times a power of ten, giving about five grid lines up to `max`. */
-const niceStep = (max: number): number => {
-  const raw = max / 5
-  const power = 10 ** Math.floor(Math.log10(raw))
-  return [1, 2, 5, 10].map((m) => m * power).find((step) => step >= raw)!
-}
+/** Connections a case's run must open: the pools between 1 and N, the raw client exactly N. */
+const allowed = (row: Row): readonly [number, number] => [row.client === "raw" ? row.n : 1, row.n]
 
-/** A grouped bar chart, msg/s against connections, both clients side by side with their figures on top. */
-export const scalingChart = (title: string, subtitle: string, points: ReadonlyArray<Point>): string => {
-  const width = 640
-  const height = 400
-  const left = 70
-  const right = 20
-  const top = 84
-  const bottom = 60
-  const plotWidth = width - left - right
-  const plotHeight = height - top - bottom
-  const highest = Math.max(...points.flatMap((p) => [p.nodemailer, p.ours]))
-  const step = niceStep(highest * 1.1)
-  const yMax = Math.ceil((highest * 1.1) / step) * step
-  const y = (value: number): number => top + plotHeight - (value / yMax) * plotHeight
-  const group = plotWidth / points.length
-  const bar = group * 0.3
-  const series = [
-    { label: "Nodemailer 10.6 pool", color: "#e07b39", value: (p: Point) => p.nodemailer },
-    { label: "ours, SmtpClient pool", color: "#2f6db5", value: (p: Point) => p.ours }
-  ]
-  const out: Array<string> = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
-    `font-family="DejaVu Sans, Arial, sans-serif" font-size="13">`,
-    `<rect width="${width}" height="${height}" fill="#ffffff"/>`,
-    `<text x="${width / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">${title}</text>`,
-    `<text x="${width / 2}" y="42" text-anchor="middle" font-size="12" fill="#555555">${subtitle}</text>`
-  ]
-  for (let value = 0; value <= yMax + step / 2; value += step) {
-    const at = y(value).toFixed(1)
-    out.push(
-      `<line x1="${left}" y1="${at}" x2="${width - right}" y2="${at}" stroke="#dddddd"/>`,
-      `<text x="${left - 8}" y="${at}" text-anchor="end" dominant-baseline="middle">${value}</text>`
-    )
+/**
+ * The connections opened by each run of each row, from `count` (connections opened so far, as the server or the
+ * proxy counts them), read after every run; throws when a run opened fewer or more than its row allows.
+ */
+const counting = (rows: ReadonlyArray<Row>, count: () => Promise<number>) => {
+  const runs = rows.map((): Array<number> => [])
+  let seen: number | undefined
+  const wrap = (row: Row, i: number): Row => ({
+    ...row,
+    case: {
+      ...row.case,
+      verify: async (accepted) => {
+        await row.case.verify(accepted)
+        const now = await count()
+        const opened = now - seen!
+        seen = now
+        const [min, max] = allowed(row)
+        if (opened < min || opened > max) {
+          throw new Error(`${row.case.name}: ${opened} connections opened, expected ${min}–${max}`)
+        }
+        runs[i]!.push(opened)
+      }
+    }
+  })
+  return {
+    start: async () => {
+      seen = await count()
+    },
+    rows: rows.map(wrap),
+    opened: runs as ReadonlyArray<ReadonlyArray<number>>
   }
-  points.forEach((p, i) => {
-    const center = left + group * (i + 0.5)
-    series.forEach((s, j) => {
-      const value = s.value(p)
-      const x = center + (j === 0 ? -bar - 2 : 2)
-      out.push(
-        `<rect x="${x.toFixed(1)}" y="${y(value).toFixed(1)}" width="${bar.toFixed(1)}" ` +
-          `height="${(top + plotHeight - y(value)).toFixed(1)}" fill="${s.color}"/>`,
-        `<text x="${(x + bar / 2).toFixed(1)}" y="${(y(value) - 5).toFixed(1)}" text-anchor="middle" ` +
-          `font-size="12">${fixed(value)}</text>`
-      )
-    })
-    out.push(
-      `<text x="${center.toFixed(1)}" y="${top + plotHeight + 20}" text-anchor="middle">${p.connections}</text>`
-    )
-  })
-  out.push(
-    `<line x1="${left}" y1="${top + plotHeight}" x2="${width - right}" y2="${top + plotHeight}" stroke="#333333"/>`,
-    `<line x1="${left}" y1="${top}" x2="${left}" y2="${top + plotHeight}" stroke="#333333"/>`,
-    `<text x="${left + plotWidth / 2}" y="${height - 16}" text-anchor="middle">connections in the pool</text>`,
-    `<text transform="translate(20 ${top + plotHeight / 2}) rotate(-90)" text-anchor="middle">` +
-      "messages per second (median)</text>"
-  )
-  series.forEach((s, j) => {
-    const x = left + 16 + j * 200
-    out.push(
-      `<rect x="${x}" y="${top - 22}" width="14" height="14" fill="${s.color}"/>`,
-      `<text x="${x + 20}" y="${top - 15}" dominant-baseline="middle">${s.label}</text>`
-    )
-  })
-  out.push("</svg>", "")
-  return out.join("\n")
 }
 
-/** Messages/s per row, against Nodemailer with the same pool and against the same client with one connection. */
-const scalingTable = (
-  title: string,
-  results: ReadonlyArray<Result>,
-  connections: Connections
-): string => {
-  const rows = results.map((r, i) => {
-    const n = CONNECTIONS[i >> 1]!
-    const nodemailer = results[i & ~1]!
-    const single = results[i & 1]!
-    const opened = connections.opened(r.name)
+/** The rows of one server and route, grouped by N: Nodemailer, raw, SmtpClient. */
+const rows = (server: BenchServer, route: Route, fraction: number): ReadonlyArray<Row> => {
+  const plan = PLANS[server.name]
+  const port = route === "proxy" ? server.proxy : server.port
+  return CONNECTIONS.flatMap((n) => {
+    const batch = messages(Math.max(n, Math.floor(batchSize(plan, route, n) / fraction)))
+    return [
+      {
+        client: "Nodemailer" as const,
+        n,
+        case: nodemailerCase(`Nodemailer pool, ${conns(n)}`, port, server.tally, batch, "burst", n)
+      },
+      {
+        client: "raw" as const,
+        n,
+        case: rawCase(`${rawName(plan.raw)}, ${conns(n)}`, port, server.tally, batch, n, plan.raw)
+      },
+      {
+        client: "SmtpClient" as const,
+        n,
+        case: smtpClientCase(`SmtpClient, ${conns(n)}`, port, server.tally, batch, n)
+      }
+    ]
+  })
+}
+
+/** What one server and route measured: the rows, their results, and on loopback the client CPU of every run. */
+interface Block {
+  readonly server: ServerName
+  readonly route: Route
+  readonly rows: ReadonlyArray<Row>
+  readonly results: ReadonlyArray<Result>
+  readonly cpu: ReadonlyArray<ReadonlyArray<CpuSample>> | undefined
+  readonly opened: ReadonlyArray<ReadonlyArray<number>> | undefined
+  readonly seconds: number
+}
+
+const measureBlock = async (server: BenchServer, route: Route): Promise<Block> => {
+  const started = performance.now()
+  const count = server.opened(route === "proxy")
+  if (!QUICK) await measure(rows(server, route, WARMUP_FRACTION).map((r) => r.case), { warmupRounds: 0, rounds: 1 })
+  const plain = rows(server, route, 1)
+  const cpu = route === "loopback" ? plain.map((): Array<CpuSample> => []) : undefined
+  const timed = cpu === undefined ? plain : plain.map((r, i) => ({ ...r, case: withCpu(r.case, cpu[i]!) }))
+  const counted = count === undefined ? undefined : counting(timed, count)
+  await counted?.start()
+  const results = await measure((counted?.rows ?? timed).map((r) => r.case), OPTIONS)
+  return {
+    server: server.name,
+    route,
+    rows: plain,
+    results,
+    cpu,
+    opened: counted?.opened,
+    seconds: (performance.now() - started) / 1e3
+  }
+}
+
+/** The result of `client` with `n` connections in `block`. */
+const resultOf = (block: Block, client: Client, n: number): Result =>
+  block.results[block.rows.findIndex((r) => r.client === client && r.n === n)]!
+
+const cpuPerMessage = (samples: ReadonlyArray<CpuSample>, items: number): number =>
+  median(samples.map((u) => (u.user + u.system) / items))
+
+/** msg/s per row, over Nodemailer and raw with the same N, and over the same client's rate at one connection. */
+const blockTable = (block: Block): string => {
+  const loopback = block.cpu !== undefined
+  const lines = block.rows.map((row, i) => {
+    const r = block.results[i]!
+    const opened = block.opened?.[i] ?? []
+    const cpu = (j: number): number => cpuPerMessage(block.cpu![j]!, block.results[j]!.items!)
+    const nodemailer = block.rows.findIndex((x) => x.client === "Nodemailer" && x.n === row.n)
     return [
       r.name,
       fixed(rate(r)),
-      (rate(r) / rate(nodemailer)).toFixed(2),
-      (rate(r) / rate(single)).toFixed(2),
-      (rate(r) / rate(single) / n).toFixed(2),
+      (rate(r) / rate(resultOf(block, "Nodemailer", row.n))).toFixed(2),
+      (rate(r) / rate(resultOf(block, "raw", row.n))).toFixed(2),
+      (rate(r) / (row.n * rate(resultOf(block, row.client, 1)))).toFixed(2),
       `${fixed(slowest(r))}–${fixed(fastest(r))}`,
       r.medianMs.toFixed(0),
-      `${Math.min(...opened)}–${Math.max(...opened)}`
+      opened.length === 0 ? "" : `${Math.min(...opened)}–${Math.max(...opened)}`,
+      ...(loopback ? [cpu(i).toFixed(1), (cpu(i) / cpu(nodemailer)).toFixed(2)] : [])
     ]
   })
+  const first = block.results[0]!.items!
+  const size = block.route === "proxy" ? `${first} × N` : String(first)
   return columns(
-    title,
-    ["case", "msg/s", "x Nodemailer", "x 1 conn", "per conn / 1 conn", "msg/s range", "ms/run", "conns"],
-    rows
+    `\n${block.server}, ${routeName(block.route)}: ${size} messages of ${MESSAGE_SIZE} octets per run, the median of ` +
+      `${OPTIONS.rounds} rounds (${block.seconds.toFixed(0)} s with the warm-up)`,
+    [
+      "case",
+      "msg/s",
+      "x Nodemailer",
+      "x raw",
+      "scaling",
+      "msg/s range",
+      "ms/run",
+      "conns",
+      ...(loopback ? ["CPU µs/msg", "CPU x Nodemailer"] : [])
+    ],
+    lines
   )
 }
 
-const scaling = async (
-  log: (line: string) => void,
-  tally: Tally,
-  connections: Connections,
-  proxy: number
-): Promise<void> => {
-  const cases = (perConnection: number) =>
-    CONNECTIONS.flatMap((n) => pair(proxy, tally, connections, messages(perConnection * n), n))
-  // The warm-up round sends 20 messages per connection: enough for the JIT, a few seconds in all.
-  await measure(cases(SCALING_WARMUP_MESSAGES_PER_CONNECTION), { warmupRounds: 0, rounds: 1 })
-  const results = await measure(cases(SCALING_MESSAGES_PER_CONNECTION), SCALING_OPTIONS)
-  const title = `smtp-server through the ${2 * DELAY_MS} ms proxy, ${SCALING_MESSAGES_PER_CONNECTION} × N messages ` +
-    `of ${MESSAGE_SIZE} octets, a pool of N connections; every message given at once to either client`
-  log(scalingTable(`\n${title}`, results, connections))
-  const points = CONNECTIONS.map((n, i) => ({
-    connections: n,
-    nodemailer: rate(results[2 * i]!),
-    ours: rate(results[2 * i + 1]!)
-  }))
-  fs.writeFileSync(
-    CHART,
-    scalingChart(
-      `Pool scaling through a ${2 * DELAY_MS} ms proxy to smtp-server (higher is better)`,
-      `${SCALING_MESSAGES_PER_CONNECTION} × N messages of ${MESSAGE_SIZE} octets per run, ` +
-        `median of ${SCALING_OPTIONS.rounds} rounds`,
-      points
-    )
+/** Client CPU per message with the pool of 4 on loopback, from the samples of the loopback block. */
+const cpuBlockTable = (block: Block): string => {
+  const picked = CLIENTS.map((client) => block.rows.findIndex((r) => r.client === client && r.n === CPU_CONNECTIONS))
+  return cpuTable(
+    `\n${block.server}, loopback, ${block.results[picked[0]!]!.items} messages of ${MESSAGE_SIZE} octets, a pool of ` +
+      `${CPU_CONNECTIONS} connections (raw: ${CPU_CONNECTIONS} sessions), every message given at once: client CPU`,
+    picked.map((i) => block.results[i]!),
+    picked.map((i) => block.cpu![i]!),
+    [0]
   )
-  log(`chart written to docs/pool-scaling.svg`)
 }
 
-const cpu = async (log: (line: string) => void, tally: Tally, server: Child, port: number) => {
-  // A count of its own: the scaling runs have cases of the same names.
-  const connections = await connectionCount(server)
-  await measure(pair(port, tally, connections, messages(CPU_WARMUP_MESSAGES), CPU_CONNECTIONS), {
-    warmupRounds: 0,
-    rounds: 1
-  })
-  const plain = pair(port, tally, connections, messages(CPU_MESSAGES), CPU_CONNECTIONS)
-  const samples = plain.map(() => [] as Array<CpuSample>)
-  const results = await measure(plain.map((c, i) => withCpu(c, samples[i]!)), CPU_OPTIONS)
-  log(
-    cpuTable(
-      `\nsmtp-server on loopback (no proxy), ${CPU_MESSAGES} messages of ${MESSAGE_SIZE} octets, a pool of ` +
-        `${CPU_CONNECTIONS} connections, every message given at once: client CPU`,
-      results,
-      samples,
-      [0]
-    )
-  )
-  const opened = results.map((r) => {
-    const counts = connections.opened(r.name)
-    return `${r.name} ${Math.min(...counts)}–${Math.max(...counts)}`
-  })
-  log(`connections opened per run, warm-up included: ${opened.join("; ")}`)
-}
-
-/** Runs the whole group: starts smtp-server and the proxy, prints the tables, writes the chart, stops them. */
-export const run = async (log: (line: string) => void): Promise<void> => {
-  const children: Array<Child> = []
-  try {
-    const server = await startChild(SERVER_PROCESS, ["smtp-server"])
-    children.push(server)
-    const port = Number(server.ready.port)
-    const proxy = await startChild(SERVER_PROCESS, ["proxy", String(port), String(DELAY_MS)])
-    children.push(proxy)
-    const proxyPort = Number(proxy.ready.port)
-    await roundTrip(log, "smtp-server", proxyPort, port)
-    const tally = smtpServerTally(server)
-    await scaling(log, tally, await connectionCount(server), proxyPort)
-    await cpu(log, tally, server, port)
-  } finally {
-    for (const c of children.reverse()) await c.close()
+/** Issue 13's goals beside what this run found, one column per server: the ratio, and whether it meets the goal. */
+const goalsTable = (blocks: ReadonlyArray<Block>): string => {
+  const find = (server: ServerName, route: Route): Block =>
+    blocks.find((b) => b.server === server && b.route === route)!
+  const ratio = (block: Block, client: Client, n: number, over: Client, m = n): number =>
+    rate(resultOf(block, client, n)) / rate(resultOf(block, over, m))
+  const lowest = (block: Block): number =>
+    Math.min(...CONNECTIONS.map((n) => ratio(block, "SmtpClient", n, "Nodemailer")))
+  const cpu = (block: Block, client: Client): number => {
+    const i = block.rows.findIndex((r) => r.client === client && r.n === CPU_CONNECTIONS)
+    return cpuPerMessage(block.cpu![i]!, block.results[i]!.items!)
   }
+  const last = CONNECTIONS[CONNECTIONS.length - 1]!
+  const goals: ReadonlyArray<readonly [string, "at least" | "at most", number, (server: ServerName) => number]> = [
+    [
+      `SmtpClient / raw, 1 conn, ${routeName("proxy")}`,
+      "at least",
+      0.9,
+      (server) => ratio(find(server, "proxy"), "SmtpClient", 1, "raw")
+    ],
+    [
+      `SmtpClient / Nodemailer, lowest over N, ${routeName("proxy")}`,
+      "at least",
+      1,
+      (server) => lowest(find(server, "proxy"))
+    ],
+    ["SmtpClient / Nodemailer, lowest over N, loopback", "at least", 1, (server) => lowest(find(server, "loopback"))],
+    [
+      `SmtpClient scaling 1 -> ${last} conns, ${routeName("proxy")}`,
+      "at least",
+      0.9,
+      (server) => ratio(find(server, "proxy"), "SmtpClient", last, "SmtpClient", 1) / last
+    ],
+    [
+      `SmtpClient / Nodemailer CPU per message, pool of ${CPU_CONNECTIONS}, loopback`,
+      "at most",
+      1,
+      (server) => cpu(find(server, "loopback"), "SmtpClient") / cpu(find(server, "loopback"), "Nodemailer")
+    ]
+  ]
+  const lines = goals.map(([goal, bound, target, found]) => [
+    goal,
+    `${bound === "at least" ? ">=" : "<="} ${target.toFixed(2)}`,
+    ...SERVERS.map((server) => {
+      const value = found(server)
+      return `${value.toFixed(2)} ${(bound === "at least" ? value >= target : value <= target) ? "met" : "not met"}`
+    })
+  ])
+  // What the server lets any client reach: where the raw client does not scale either, the server sets the limit.
+  const rawScaling = [
+    `for reference: raw scaling 1 -> ${last} conns, ${routeName("proxy")}`,
+    "",
+    ...SERVERS.map((server) => (ratio(find(server, "proxy"), "raw", last, "raw", 1) / last).toFixed(2))
+  ]
+  return columns("\nIssue 13's goals against this run's ratios", ["goal", "target", ...SERVERS], [...lines, rawScaling])
+}
+
+const CLIENT_COLORS: Readonly<Record<Client, string>> = {
+  Nodemailer: "#e07b39",
+  raw: "#888888",
+  SmtpClient: "#2f6db5"
+}
+const SERVER_DASHES: Readonly<Record<ServerName, string>> = { "smtp-server": "", Postfix: "7 4", Exim: "2 3" }
+
+const chart = (blocks: ReadonlyArray<Block>): string => {
+  const panel = (route: Route) => ({
+    title: route === "proxy" ? `Through the ${2 * DELAY_MS} ms proxy` : "Loopback",
+    connections: CONNECTIONS,
+    series: SERVERS.flatMap((server) =>
+      CLIENTS.map((client): Series => {
+        const block = blocks.find((b) => b.server === server && b.route === route)!
+        return {
+          label: `${client === "raw" ? rawName(PLANS[server].raw) : client}, ${server}`,
+          color: CLIENT_COLORS[client],
+          dash: SERVER_DASHES[server],
+          rates: CONNECTIONS.map((n) => rate(resultOf(block, client, n)))
+        }
+      })
+    )
+  })
+  const proxy = PLANS["smtp-server"].perConnection
+  return scalingChart(
+    "SmtpClient, Nodemailer and a raw pipelined client, pool of N connections (higher is better)",
+    `5,000-octet messages; ${proxy} × N per run through the proxy, a fixed count on loopback; ` +
+      `median of ${OPTIONS.rounds} rounds`,
+    [panel("proxy"), panel("loopback")]
+  )
+}
+
+/** The chart of a quick run goes beside the build instead: its figures mean little. */
+const CHART = new URL(QUICK ? "../pool-scaling.svg" : "../../docs/pool-scaling.svg", import.meta.url)
+
+/** Runs the whole group: each server in turn, both routes, the tables, the chart. */
+export const run = async (log: (line: string) => void): Promise<void> => {
+  if (QUICK) log("BENCH_QUICK=1: small batches, one round, no warm-up; the chart goes to .bench-build/")
+  const blocks: Array<Block> = []
+  for (const name of SERVERS) {
+    const server = await startServer(name, DELAY_MS)
+    try {
+      await roundTrip(log, name, server.proxy, server.port)
+      for (const route of ROUTES) {
+        const block = await measureBlock(server, route)
+        blocks.push(block)
+        log(blockTable(block))
+      }
+    } finally {
+      await server.close()
+    }
+  }
+  for (const block of blocks) if (block.cpu !== undefined) log(cpuBlockTable(block))
+  log(goalsTable(blocks))
+  fs.writeFileSync(CHART, chart(blocks))
+  log(`chart written to ${QUICK ? ".bench-build" : "docs"}/pool-scaling.svg`)
 }

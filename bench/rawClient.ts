@@ -8,6 +8,9 @@
  *   `MAIL`, `RCPT`, `DATA`; the client then waits for the replies up to the 354. About one round trip per message.
  * - BDAT mode (RFC 3030): `MAIL`, `RCPT`, `BDAT n LAST` and the body per transaction, `window` transactions in
  *   flight; each transaction's last reply lets the next one be written.
+ *
+ * Sessions on several connections can share one batch through a `Cursor`: each takes the next transaction when it has
+ * room for one.
  */
 import * as net from "node:net"
 
@@ -151,27 +154,44 @@ const envelope = (t: Transaction, last: string): Buffer =>
   ascii(`MAIL FROM:<${t.from}>\r\nRCPT TO:<${t.to}>\r\n${last}\r\n`)
 
 /**
- * DATA mode: `bodies[i]` must be ready to go after the 354: dot-stuffed, ending with CRLF.CRLF. Returns the number of
- * messages the server accepted (250 after the end of data): all of them, or it throws.
+ * Where sessions that share one batch take their next transaction from: an index into the batch, so that a session on
+ * a faster connection sends more of it. A session alone on its batch starts at 0 and takes every transaction in turn.
+ */
+export interface Cursor {
+  next: number
+}
+
+/**
+ * DATA mode: `bodies[i]` must be ready to go after the 354: dot-stuffed, ending with CRLF.CRLF. Takes transactions
+ * from `cursor` until the batch is done. Returns the number of messages the server accepted (250 after the end of
+ * data): every one this session took, or it throws.
  */
 export const sendData = async (
   port: number,
   transactions: ReadonlyArray<Transaction>,
   bodies: ReadonlyArray<Uint8Array>,
-  deadlineMs: number
+  deadlineMs: number,
+  cursor: Cursor = { next: 0 }
 ): Promise<number> => {
   const session = await open(port, deadlineMs, ["PIPELINING"])
   try {
     let accepted = 0
     const ended = { code: 250, what: "end of data", then: () => accepted++ }
-    for (let i = 0; i < transactions.length; i++) {
+    let previous: number | undefined
+    for (let i = cursor.next++; i < transactions.length; i = cursor.next++) {
       const commands = envelope(transactions[i]!, "DATA")
       const owed: Array<Owed> = [{ code: 250, what: "MAIL" }, { code: 250, what: "RCPT" }, { code: 354, what: "DATA" }]
-      session.write(i === 0 ? [commands] : [bodies[i - 1]!, commands], i === 0 ? owed : [ended, ...owed])
+      session.write(
+        previous === undefined ? [commands] : [bodies[previous]!, commands],
+        previous === undefined ? owed : [ended, ...owed]
+      )
+      await session.idle()
+      previous = i
+    }
+    if (previous !== undefined) {
+      session.write([bodies[previous]!], [ended])
       await session.idle()
     }
-    session.write([bodies[bodies.length - 1]!], [ended])
-    await session.idle()
     await quit(session)
     return accepted
   } finally {
@@ -181,7 +201,8 @@ export const sendData = async (
 
 /**
  * BDAT mode: `bodies[i]` are sent as they are (no dot-stuffing), each as one `BDAT n LAST`, with up to `window`
- * transactions in flight. Returns the number of messages the server accepted: all of them, or it throws.
+ * transactions in flight, taken from `cursor` until the batch is done. Returns the number of messages the server
+ * accepted: every one this session took, or it throws.
  *
  * `spinMicros` (default 0) spins the CPU that long at each message's last reply, before the next one is written: a
  * client that does that much work of its own per message, for telling how much of a slower client's rate its CPU
@@ -193,14 +214,14 @@ export const sendBdat = async (
   bodies: ReadonlyArray<Uint8Array>,
   window: number,
   deadlineMs: number,
-  spinMicros = 0
+  spinMicros = 0,
+  cursor: Cursor = { next: 0 }
 ): Promise<number> => {
   const session = await open(port, deadlineMs, ["PIPELINING", "CHUNKING"])
   try {
     let accepted = 0
-    let next = 0
     const write = (): void => {
-      const i = next++
+      const i = cursor.next++
       const commands = envelope(transactions[i]!, `BDAT ${bodies[i]!.length} LAST`)
       session.write([commands, bodies[i]!], [
         { code: 250, what: "MAIL" },
@@ -216,10 +237,10 @@ export const sendBdat = async (
           // spinning: the client's own work, as a stand-in
         }
       }
-      if (next < transactions.length) write()
+      if (cursor.next < transactions.length) write()
     }
     session.socket.cork()
-    while (next < Math.min(window, transactions.length)) write()
+    for (let k = 0; k < window && cursor.next < transactions.length; k++) write()
     session.socket.uncork()
     await session.idle()
     await quit(session)

@@ -32,6 +32,8 @@ import { columns, fixed, measure, median } from "./harness.js"
 import type { Message } from "./messages.js"
 import { memoryBlock, MESSAGE_SIZE, messages, nodemailerTarget } from "./messages.js"
 import * as RawClient from "./rawClient.js"
+import type { Tally } from "./servers.js"
+import { maildirTally, smtpServerTally } from "./servers.js"
 
 const LATENCY_MESSAGES = 500
 const LATENCY_WARMUP_MESSAGES = 50
@@ -59,57 +61,6 @@ export const RUN_TIMEOUT_MS = 120_000
 
 const SERVER_PROCESS = new URL("./serverProcess.js", import.meta.url)
 const MEMORY_CLIENT = new URL("./memoryClient.js", import.meta.url)
-
-/** A server's own count of what it received, checked after every run against the total sent to it so far. */
-export interface Tally {
-  /** Adds `count` messages to the total sent, then waits until the server has them all; throws otherwise. */
-  readonly check: (count: number) => Promise<void>
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** smtp-server in its child: it counts messages and octets (after removing dot-stuffing and the terminator). */
-export const smtpServerTally = (server: Child): Tally => {
-  let sent = 0
-  return {
-    check: async (count) => {
-      sent += count
-      const stats = await server.request("stats")
-      if (stats.messages !== sent || stats.octets !== sent * MESSAGE_SIZE) {
-        throw new Error(
-          `smtp-server received ${stats.messages} messages, ${stats.octets} octets; ` +
-            `sent ${sent} messages, ${sent * MESSAGE_SIZE} octets`
-        )
-      }
-    }
-  }
-}
-
-/** Postfix: delivery to the Maildir is asynchronous, so this waits (up to a minute) until the files are there. */
-const postfixTally = (postfix: PostfixServer): Tally => {
-  const maildir = path.join(postfix.directory, "mail", "inbox")
-  const delivered = (): number =>
-    ["new", "cur"].reduce((n, folder) => {
-      try {
-        return n + fs.readdirSync(path.join(maildir, folder)).length
-      } catch {
-        return n
-      }
-    }, 0)
-  let sent = 0
-  return {
-    check: async (count) => {
-      sent += count
-      const deadline = performance.now() + 60_000
-      let found = delivered()
-      while (found < sent && performance.now() < deadline) {
-        await sleep(20)
-        found = delivered()
-      }
-      if (found !== sent) throw new Error(`Postfix delivered ${found} messages, sent ${sent}\n${postfix.log()}`)
-    }
-  }
-}
 
 const withDeadline = async <A>(what: string, ms: number, work: Promise<A>): Promise<A> => {
   let timer: NodeJS.Timeout | undefined
@@ -596,11 +547,11 @@ const group = async (log: (line: string) => void, postfix: PostfixServer): Promi
     const smtpProxy = Number((await child(["proxy", String(smtpPort), String(DELAY_MS)])).ready.port)
     const postfixProxy = Number((await child(["proxy", String(postfix.ports.plain), String(DELAY_MS)])).ready.port)
     const smtpTally = smtpServerTally(smtpServer)
-    const postfixTally_ = postfixTally(postfix)
+    const postfixTally = maildirTally("Postfix", path.join(postfix.directory, "mail", "inbox"), postfix.log)
 
     await roundTrip(log, "smtp-server", smtpProxy, smtpPort)
     await roundTrip(log, "Postfix", postfixProxy, postfix.ports.plain)
-    await latency(log, smtpTally, smtpProxy, postfixTally_, postfixProxy)
+    await latency(log, smtpTally, smtpProxy, postfixTally, postfixProxy)
     await cpu(log, smtpTally, smtpPort)
     await EffectOps.run(log, smtpPort, messages(EFFECT_OPS_MESSAGES))
     await smtpTally.check(2 * EFFECT_OPS_MESSAGES)
