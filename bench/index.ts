@@ -2,7 +2,8 @@
  * The benchmarks: `npm run bench`. Prints one table per group; see docs/benchmarks.md for what each row measures.
  * Without an argument it runs every group; `node .bench-build/bench/index.js core` runs only the sans-IO protocol
  * core (reply parsing, DATA encoding), `... submission` only the submission benchmarks (real servers and sockets),
- * `... memory` only the peak RSS of one 1 GiB message, `... pool` only the SmtpClient benchmarks (SmtpClient,
+ * `... memory` only the peak RSS of one 1 GiB message, `... method` only what DATA and BDAT cost a lone message and a
+ * burst on each server (the measurements behind the engine's choice), `... pool` only the SmtpClient benchmarks (SmtpClient,
  * Nodemailer and the raw client with 1 to 8 connections to smtp-server, Postfix and Exim, on loopback and at 10 ms;
  * client CPU; `BENCH_QUICK=1` makes it a smoke test of under a minute). `... instructions` (client instructions per
  * message under valgrind's callgrind) runs only when named.
@@ -13,6 +14,7 @@ import * as DataEncoding from "./dataEncoding.js"
 import type { Options } from "./harness.js"
 import { measure, table } from "./harness.js"
 import * as Instructions from "./instructions.js"
+import * as Method from "./method.js"
 import * as Pool from "./pool.js"
 import * as ReplyParsing from "./replyParsing.js"
 import * as Submission from "./submission.js"
@@ -34,7 +36,7 @@ const cpuModel = (): string => {
 
 const mb = (bytes: number): string => `${(bytes / 1e6).toFixed(1)} MB`
 
-const GROUPS = ["core", "submission", "memory", "pool"]
+const GROUPS = ["core", "submission", "memory", "method", "pool"]
 /** Groups that run only when named: they need tools beyond Node.js. */
 const NAMED_ONLY = ["instructions"]
 
@@ -93,6 +95,11 @@ const memory = async (): Promise<void> => {
   await Submission.memory(console.log)
 }
 
+const method = async (): Promise<void> => {
+  console.log("\nDATA or BDAT: a lone message and a burst on one connection, on each server, loopback and 10 ms")
+  await Method.run(console.log)
+}
+
 const pool = async (): Promise<void> => {
   console.log(
     "\nSmtpClient: a pool of N connections per run on smtp-server, Postfix and Exim, on loopback and through the " +
@@ -111,6 +118,7 @@ const main = async (): Promise<void> => {
   if (only === undefined || only === "core") await core()
   if (only === undefined || only === "submission") await submission()
   if (only === undefined || only === "memory") await memory()
+  if (only === undefined || only === "method") await method()
   if (only === undefined || only === "pool") await pool()
   if (only === "instructions") await instructions()
   console.log(`\nTotal ${((performance.now() - started) / 1e3).toFixed(1)} s`)

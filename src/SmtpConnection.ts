@@ -192,7 +192,8 @@ export interface SmtpConnection {
   /**
    * One message: every address and extension checked before anything is sent, then MAIL, every RCPT and DATA in one
    * write when the server offers PIPELINING (the body only after 354, and never when no recipient was taken), or
-   * MAIL, RCPT and `BDAT n LAST` in one write when CHUNKING is offered and asked for (`chunking: true`). SIZE, BODY=8BITMIME and SMTPUTF8 are declared
+   * MAIL, RCPT and `BDAT n LAST` in one write when the server offers CHUNKING and the message is small (see the
+   * `chunking` option). SIZE, BODY=8BITMIME and SMTPUTF8 are declared
    * when the message needs them, and a server that lacks what it needs is an `SmtpCapabilityError`. Refused
    * recipients are reported; when every recipient is refused the send fails (transient if any refusal was 4xx).
    */
@@ -203,8 +204,7 @@ export interface SmtpConnection {
   ) => Effect.Effect<SmtpSubmission.SendResult, SmtpSubmission.SendError | E, R>
   /**
    * Many messages on this connection, pipelined across transactions: with DATA, each end of data leaves with the next
-   * message's envelope; with BDAT (when the server offers CHUNKING, for every message but the last of a burst), up to
-   * `window` transactions are in flight. One result per message, in order; a
+   * message's envelope; with BDAT (when the server offers CHUNKING), up to `window` transactions are in flight. One result per message, in order; a
    * failure that closes the connection fails the messages still unanswered and every later one. From a stream, the
    * messages of one chunk are pipelined together, and every one is answered before the next chunk is pulled.
    */

@@ -382,7 +382,8 @@ export class Engine<K, E> {
 
   /**
    * Takes the next message (when `next()` said "accept"). A message the server cannot take fails here, in turn.
-   * `followed`: another message is ready to be submitted right after this one, which lets it go as BDAT (`Plan`).
+   * `followed`: another message is ready to be submitted right after this one. With it, or with another message in
+   * flight, the session is busy, which lets it go as BDAT (`Plan`).
    */
   submit(key: K, submission: SmtpSubmission.Submission<unknown, unknown>, followed = false): void {
     this.draining = 0
@@ -395,7 +396,7 @@ export class Engine<K, E> {
       options,
       this.settings.capabilities,
       this.settings.secure,
-      followed
+      followed || this.open.length > 0
     )
     if (Either.isLeft(planned)) {
       // Nothing of it was sent; its result still comes out in order.

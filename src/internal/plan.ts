@@ -90,20 +90,29 @@ interface Address {
 }
 
 /**
- * BDAT or DATA for a body that could go either way, when the server offers CHUNKING. `chunking: true` and `false`
- * decide. Left to the client, BDAT goes only when another transaction follows this one at once (`followed`): a window
- * of BDAT transactions costs no round trip per message, while a transaction that ends the burst goes as DATA, whose
- * 354 gets the server's earlier replies acknowledged before its last one is due. Alone, a BDAT transaction of more
- * than 4 KiB waits about 40 ms on Postfix for its last reply (Nagle's algorithm on the server against the client's
- * delayed ACK; docs/benchmarks.md has the capture), and DATA is never slower than that. Without pipelining every
- * command waits for the reply before it (which acknowledges it), so BDAT saves DATA's round trip and never waits.
+ * A transaction that fits in this many octets (commands and body) reaches a server in one read and is answered in one
+ * write. Postfix's smtpd reads 4,096 octets at a time, and answers the envelope of a longer transaction before the rest.
  */
-const chooseBdat = (chunking: boolean | undefined, followed: boolean): boolean =>
-  chunking === undefined ? followed : chunking
+const ONE_READ = 4096
 
 /**
- * Checks the whole message against the server and builds every command; nothing is sent. `followed`: another
- * transaction is ready to go right after this one (see `chooseBdat`).
+ * BDAT or DATA for a body that could go either way, when the server offers CHUNKING. `chunking: true` and `false`
+ * decide. Left to the client, BDAT goes when it saves DATA's round trip without costing one (docs/benchmarks.md,
+ * "method", has the measurements):
+ * - when another transaction is in flight or follows at once (`busy`): a window of BDAT transactions costs no round
+ *   trip per message, and the client's next writes acknowledge the server's replies as they come;
+ * - when commands are not pipelined: each waits for the reply before it, which acknowledges it;
+ * - when the whole transaction fits in one read of the server (`small`).
+ * A lone, longer transaction goes as DATA. As BDAT, Postfix answers it about 40 ms late: smtpd answers its envelope
+ * before reading the rest, and Nagle's algorithm (smtpd sets no TCP_NODELAY) holds the last reply until the client,
+ * which has nothing to send, acknowledges the first; DATA's 354 gets that acknowledgement written with the body.
+ */
+const chooseBdat = (chunking: boolean | undefined, busy: boolean, pipelining: boolean, small: boolean): boolean =>
+  chunking === undefined ? busy || !pipelining || small : chunking
+
+/**
+ * Checks the whole message against the server and builds every command; nothing is sent. `busy`: another transaction
+ * is in flight on the session or ready to follow this one at once (see `chooseBdat`).
  */
 export const plan = <E, R>(
   envelope: SmtpSubmission.Envelope,
@@ -111,7 +120,7 @@ export const plan = <E, R>(
   options: SmtpSubmission.SendOptions,
   capabilities: Capabilities.Capabilities,
   secure: boolean,
-  followed: boolean
+  busy: boolean
 ): Either.Either<Plan<E, R>, InvalidInputError | SmtpCapabilityError> => {
   // Plain code with early returns rather than `Either.gen`: this runs once per message.
   const mailParameters = envelope.mailParameters ?? {}
@@ -211,8 +220,12 @@ export const plan = <E, R>(
   }
 
   const pipelining = options.pipelining !== false && Capabilities.pipelining(capabilities)
+  // The commands' octets, about: each address and its parameters, and the verbs around them.
+  const small = inMemory !== undefined &&
+    inMemory.length + 64 * (1 + recipients.length) + recipients.reduce((n, r) => n + r.address.length, 0) +
+          envelope.from.length <= ONE_READ
   const method =
-    binary || (Capabilities.chunking(capabilities) && chooseBdat(options.chunking, followed || !pipelining))
+    binary || (Capabilities.chunking(capabilities) && chooseBdat(options.chunking, busy, pipelining, small))
       ? "BDAT"
       : "DATA"
   let chunks = method === "BDAT" ? asText : undefined

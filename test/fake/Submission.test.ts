@@ -399,20 +399,25 @@ describe("BDAT (RFC 3030)", () => {
       expect(body).toBe("Subject: x\r\n\r\n.leading dot\r\n")
     }))
 
-  it.scopedLive("left to the client, a lone message goes as DATA and a burst as BDAT, all but its last", () =>
+  it.scopedLive("left to the client: BDAT for a small message or a burst, DATA for a lone one over 4 KiB", () =>
     Effect.gen(function*() {
       const server = yield* recording(["PIPELINING", "CHUNKING"])
-      const message = (to: string) => ({ envelope: { from: "a@example.org", to: [to] }, body: "x" })
-      const [lone, burst] = yield* Effect.scoped(
+      const large = `Subject: large\r\n\r\n${`${"x".repeat(78)}\r\n`.repeat(60)}`
+      const message = (to: string) => ({ envelope: { from: "a@example.org", to: [to] }, body: large })
+      const [small, lone, burst] = yield* Effect.scoped(
         Effect.flatMap(connectLocal(server.port, clientOptions), (c) =>
           Effect.all([
-            c.send(message("lone@example.org").envelope, "x"),
+            c.send({ from: "a@example.org", to: ["small@example.org"] }, "x"),
+            c.send({ from: "a@example.org", to: ["lone@example.org"] }, large),
             Stream.runCollect(c.sendAll(["r1", "r2", "r3"].map((r) => message(`${r}@example.org`))))
           ]))
       )
-      expect(lone.method).toBe("DATA")
-      expect(Chunk.toReadonlyArray(burst).map((r) => Either.getOrThrow(r).method)).toEqual(["BDAT", "BDAT", "DATA"])
-      expect(server.transcripts()[0]).toContain("RCPT TO:<r1@example.org>\r\nBDAT 3 LAST\r\nx\r\n")
+      expect([small.method, lone.method]).toEqual(["BDAT", "DATA"])
+      // The last of the burst is BDAT too: the others are still in flight when it goes.
+      expect(Chunk.toReadonlyArray(burst).map((r) => Either.getOrThrow(r).method)).toEqual(["BDAT", "BDAT", "BDAT"])
+      const transcript = server.transcripts()[0]!
+      expect(transcript).toContain("RCPT TO:<small@example.org>\r\nBDAT 3 LAST\r\nx\r\n")
+      expect(transcript).toContain("RCPT TO:<lone@example.org>\r\nDATA\r\n")
     }))
 
   it.scopedLive("chunking: false uses DATA even when CHUNKING is offered", () =>
