@@ -234,20 +234,23 @@ export const make = (
         })
       )
 
+    const spanOptions = {
+      captureStackTrace: false,
+      kind: "client",
+      attributes: { "server.address": options.connection.host }
+    } as const
+    // The span is made (`useSpan`) but not installed as the fiber's parent span (`withSpan`): nothing under it on this
+    // fiber makes spans (the connection's work runs on its lane), and installing it copies the fiber's context for
+    // every send, which thousands of sends waiting at once hold on to.
     const send: SmtpClient.Service["send"] = (envelope, body, sendOptions) =>
-      counted(
-        Effect.flatMap(limited({ envelope, body, options: sendOptions }), (outcome) =>
-          // Through at once, with no recipient to try again: the common case pays nothing for retries.
-          Either.isRight(outcome) && !outcome.right.rejected.some(isTransient)
-            ? Effect.succeed({ ...outcome.right, attempts: 1 })
-            : retrying(envelope, body, sendOptions, outcome))
-      ).pipe(
-        Effect.withSpan("smtp.client.send", {
-          captureStackTrace: false,
-          kind: "client",
-          attributes: { "server.address": options.connection.host }
-        })
-      )
+      Effect.useSpan("smtp.client.send", spanOptions, () =>
+        counted(
+          Effect.flatMap(limited({ envelope, body, options: sendOptions }), (outcome) =>
+            // Through at once, with no recipient to try again: the common case pays nothing for retries.
+            Either.isRight(outcome) && !outcome.right.rejected.some(isTransient)
+              ? Effect.succeed({ ...outcome.right, attempts: 1 })
+              : retrying(envelope, body, sendOptions, outcome))
+        ))
 
     // Closing: wait (bounded) for the sends in flight, then close every connection at once, each with QUIT bounded by
     // its QUIT timeout.

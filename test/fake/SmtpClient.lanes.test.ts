@@ -7,6 +7,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
+import * as Tracer from "effect/Tracer"
 import * as SmtpClient from "../../src/SmtpClient.js"
 import * as SmtpRetry from "../../src/SmtpRetry.js"
 import * as SmtpTransport from "../../src/SmtpTransport.js"
@@ -257,6 +258,38 @@ describe("sends share a connection's pipeline", () => {
         const { stored, ...outcome } = expectedOf(i)
         expect({ i, ...outcomeOf(list[i]!) }).toEqual({ i, ...outcome })
         expect(deliveries.filter((d) => d.id === `m${i}@example.org`).map((d) => d.rcpts)).toEqual(stored)
+      }
+    }))
+})
+
+describe("each send's span", () => {
+  it.scopedLive("a send is one client span under the caller's span, ended, with the server's address", () =>
+    Effect.gen(function*() {
+      const { server } = yield* rulesServer(["PIPELINING", "8BITMIME"])
+      const spans: Array<Tracer.Span> = []
+      const native = yield* Effect.tracer
+      const recording = Tracer.make({
+        span: (name, parent, context, links, startTime, kind, options) => {
+          const span = native.span(name, parent, context, links, startTime, kind, options)
+          spans.push(span)
+          return span
+        },
+        context: (f, fiber) => native.context(f, fiber)
+      })
+      yield* withClient(server.port, { pool: { maxConnections: 1 } }, (client) =>
+        Effect.forEach(
+          [1, 2, 3],
+          (i) => client.send({ from: `s${i}@example.org`, to: [`ok${i}@example.org`] }, body(i)),
+          { concurrency: "unbounded" }
+        ).pipe(Effect.withSpan("app.request"))).pipe(Effect.withTracer(recording))
+      const request = spans.find((span) => span.name === "app.request")!
+      const sends = spans.filter((span) => span.name === "smtp.client.send")
+      expect(sends).toHaveLength(3)
+      for (const span of sends) {
+        expect(span.kind).toBe("client")
+        expect(span.attributes.get("server.address")).toBe("127.0.0.1")
+        expect(span.status._tag).toBe("Ended")
+        expect(span.parent._tag === "Some" && span.parent.value.spanId).toBe(request.spanId)
       }
     }))
 })
