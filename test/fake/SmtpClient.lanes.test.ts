@@ -7,7 +7,6 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
-import * as Tracer from "effect/Tracer"
 import * as SmtpClient from "../../src/SmtpClient.js"
 import * as SmtpRetry from "../../src/SmtpRetry.js"
 import * as SmtpTransport from "../../src/SmtpTransport.js"
@@ -20,6 +19,7 @@ import {
   serveTransaction,
   verbOf
 } from "../support/fakes/scriptedServer.js"
+import { recordingTracer } from "../support/helpers/spans.js"
 
 const fast = SmtpRetry.policy({ base: "5 millis", cap: "20 millis", jitter: false })
 
@@ -266,16 +266,7 @@ describe("each send's span", () => {
   it.scopedLive("a send is one client span under the caller's span, ended, with the server's address", () =>
     Effect.gen(function*() {
       const { server } = yield* rulesServer(["PIPELINING", "8BITMIME"])
-      const spans: Array<Tracer.Span> = []
-      const native = yield* Effect.tracer
-      const recording = Tracer.make({
-        span: (name, parent, context, links, startTime, kind, options) => {
-          const span = native.span(name, parent, context, links, startTime, kind, options)
-          spans.push(span)
-          return span
-        },
-        context: (f, fiber) => native.context(f, fiber)
-      })
+      const { spans, tracer: recording } = yield* recordingTracer
       yield* withClient(server.port, { pool: { maxConnections: 1 } }, (client) =>
         Effect.forEach(
           [1, 2, 3],

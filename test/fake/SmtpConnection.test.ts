@@ -9,7 +9,6 @@ import * as Logger from "effect/Logger"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as TestClock from "effect/TestClock"
-import * as Tracer from "effect/Tracer"
 import { mkdtempSync, rmSync } from "node:fs"
 import * as net from "node:net"
 import { tmpdir } from "node:os"
@@ -25,6 +24,7 @@ import type { ScriptedSession } from "../support/fakes/scriptedServer.js"
 import { answerEhlo, greet, scriptedServer, serveTransaction, wellBehaved } from "../support/fakes/scriptedServer.js"
 import { smtpServer } from "../support/fakes/smtpServer.js"
 import { connect } from "../support/helpers/connect.js"
+import { recordingTracer } from "../support/helpers/spans.js"
 import { selfSigned } from "../support/helpers/tls.js"
 
 /** A server that greets, answers EHLO, reads one more command and never answers it. */
@@ -290,16 +290,7 @@ describe("SmtpConnection against smtp-server", () => {
   it.scopedLive("makes each command a span with its verb, reply code and server", () =>
     Effect.gen(function*() {
       const server = yield* smtpServer()
-      const spans: Array<Tracer.Span> = []
-      const native = yield* Effect.tracer
-      const recording = Tracer.make({
-        span: (name, parent, context, links, startTime, kind, options) => {
-          const span = native.span(name, parent, context, links, startTime, kind, options)
-          spans.push(span)
-          return span
-        },
-        context: (f, fiber) => native.context(f, fiber)
-      })
+      const { spans, tracer: recording } = yield* recordingTracer
       yield* Effect.scoped(
         Effect.flatMap(connect({ host: "127.0.0.1", port: server.port }), (c) =>
           Effect.gen(function*() {
