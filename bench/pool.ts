@@ -5,7 +5,8 @@
  *
  * - SmtpClient: a fresh `SmtpClient.layer` per run with `pool: { maxConnections: N }` and no retries, every `send`
  *   started at once (`Effect.forEach` with unbounded concurrency); the client's pool and its cap on concurrent
- *   transactions queue them. Nodemailer: a pool of N, every `sendMail` started at once. Raw: N pipelined sessions at
+ *   transactions queue them. SmtpClient.sendAll: the same layer, the batch given to `SmtpClient.sendAll` as one
+ *   iterable. Nodemailer: a pool of N, every `sendMail` started at once. Raw: N pipelined sessions at
  *   once, each taking the next message of the batch when it has room for one: DATA to smtp-server (no CHUNKING),
  *   BDAT with 16 transactions in flight per session to Postfix and Exim. Through the proxy, BDAT made 2 to 4 times
  *   the rate of DATA (which waits a round trip per message) on those two; windows of 16 and 64, and a fixed slice of
@@ -18,7 +19,7 @@
  *   set the pace on loopback: Postfix and Exim take a few hundred messages per second on 2 cores, and Postfix not
  *   many more through the proxy either; the raw client's scaling shows where a server stops every client. Per server
  *   and route, a warm-up round with a fifth of the messages, then 3 interleaved rounds; each row is the median. The
- *   whole group takes 5 to 6 minutes on 2 cores.
+ *   whole group takes about 7 minutes on 2 cores.
  * - Loopback runs also record the client process's CPU time (user and system): CPU per message per row, and a
  *   table per server for the pool of 4.
  * - Every run checks the server's count of messages (smtp-server's tally, Postfix's Maildir deliveries, the messages
@@ -38,6 +39,7 @@
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
+import * as Stream from "effect/Stream"
 import * as fs from "node:fs"
 import * as DataEncoder from "../src/DataEncoder.js"
 import * as SmtpClient from "../src/SmtpClient.js"
@@ -68,7 +70,7 @@ import {
 const QUICK = process.env.BENCH_QUICK === "1"
 const CONNECTIONS: ReadonlyArray<number> = [1, 2, 4, 8]
 const SERVERS: ReadonlyArray<ServerName> = ["smtp-server", "Postfix", "Exim"]
-const CLIENTS = ["Nodemailer", "raw", "SmtpClient"] as const
+const CLIENTS = ["Nodemailer", "raw", "SmtpClient", "SmtpClient.sendAll"] as const
 type Client = typeof CLIENTS[number]
 type Route = "proxy" | "loopback"
 const ROUTES: ReadonlyArray<Route> = ["proxy", "loopback"]
@@ -139,15 +141,17 @@ const rawCase = (
 
 /**
  * SmtpClient: a fresh layer per run (a pool of `maxConnections`, no retries), the messages given to `Effect.forEach`
- * with unbounded concurrency, as Nodemailer gets them. Every result must be one accepted recipient (the right one),
- * none refused, a 250, in one attempt.
+ * with unbounded concurrency, as Nodemailer gets them; or, `batched`, to `SmtpClient.sendAll` as one iterable (which
+ * keeps enough sends under way to fill every connection's window). Every result must be one accepted recipient (the
+ * right one), none refused, a 250, in one attempt.
  */
 const smtpClientCase = (
   name: string,
   port: number,
   tally: Tally,
   batch: ReadonlyArray<Message>,
-  maxConnections: number
+  maxConnections: number,
+  batched: boolean
 ): Case => {
   const layer = SmtpClient.layer({
     connection: { host: "127.0.0.1", port, tls: "none", clientName: "bench.example" },
@@ -156,26 +160,33 @@ const smtpClientCase = (
   }).pipe(Layer.provide(SmtpTransport.layerNode))
   const program = Effect.flatMap(SmtpClient.SmtpClient, (smtp) => {
     let accepted = 0
-    return Effect.map(
-      Effect.forEach(
+    const check = (
+      result: Either.Either<SmtpClient.SendResult, SmtpClient.SendError>,
+      i: number
+    ): Effect.Effect<void, Error> => {
+      const m = batch[i]!
+      if (Either.isLeft(result)) return Effect.fail(new Error(`${name}: message ${i}: ${result.left}`))
+      const sent = result.right
+      if (
+        sent.accepted.length !== 1 || sent.accepted[0]!.recipient !== m.to || sent.rejected.length !== 0 ||
+        sent.response.code !== 250 || sent.attempts !== 1
+      ) {
+        return Effect.fail(new Error(`${name}: message ${i}: unexpected result ${JSON.stringify(sent)}`))
+      }
+      accepted++
+      return Effect.void
+    }
+    const sent = batched
+      ? Stream.runForEach(
+        Stream.zipWithIndex(smtp.sendAll(batch.map((m) => ({ envelope: { from: m.from, to: [m.to] }, body: m.body })))),
+        ([result, i]) => check(result, i)
+      )
+      : Effect.forEach(
         batch,
-        (m, i) =>
-          Effect.flatMap(Effect.either(smtp.send({ from: m.from, to: [m.to] }, m.body)), (result) => {
-            if (Either.isLeft(result)) return Effect.fail(new Error(`${name}: message ${i}: ${result.left}`))
-            const sent = result.right
-            if (
-              sent.accepted.length !== 1 || sent.accepted[0]!.recipient !== m.to || sent.rejected.length !== 0 ||
-              sent.response.code !== 250 || sent.attempts !== 1
-            ) {
-              return Effect.fail(new Error(`${name}: message ${i}: unexpected result ${JSON.stringify(sent)}`))
-            }
-            accepted++
-            return Effect.void
-          }),
+        (m, i) => Effect.flatMap(Effect.either(smtp.send({ from: m.from, to: [m.to] }, m.body)), (r) => check(r, i)),
         { concurrency: "unbounded", discard: true }
-      ),
-      () => accepted
-    )
+      )
+    return Effect.map(sent, () => accepted)
   }).pipe(
     Effect.provide(layer),
     Effect.timeoutFail({ duration: RUN_TIMEOUT_MS, onTimeout: () => new Error(`${name}: no end within the timeout`) })
@@ -252,7 +263,12 @@ const rows = (server: BenchServer, route: Route, fraction: number): ReadonlyArra
       {
         client: "SmtpClient" as const,
         n,
-        case: smtpClientCase(`SmtpClient, ${conns(n)}`, port, server.tally, batch, n)
+        case: smtpClientCase(`SmtpClient, ${conns(n)}`, port, server.tally, batch, n, false)
+      },
+      {
+        client: "SmtpClient.sendAll" as const,
+        n,
+        case: smtpClientCase(`SmtpClient.sendAll, ${conns(n)}`, port, server.tally, batch, n, true)
       }
     ]
   })
@@ -409,7 +425,8 @@ const goalsTable = (blocks: ReadonlyArray<Block>): string => {
 const CLIENT_COLORS: Readonly<Record<Client, string>> = {
   Nodemailer: "#e07b39",
   raw: "#888888",
-  SmtpClient: "#2f6db5"
+  SmtpClient: "#2f6db5",
+  "SmtpClient.sendAll": "#2a9d5c"
 }
 const SERVER_DASHES: Readonly<Record<ServerName, string>> = { "smtp-server": "", Postfix: "7 4", Exim: "2 3" }
 
