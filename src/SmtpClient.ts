@@ -111,7 +111,7 @@ export interface Service {
   ) => Effect.Effect<SendResult, SendError | E, R>
   /**
    * Many messages, each sent like `send` (the pool, retries, the rate limit), up to `concurrency` at once (default:
-   * enough to fill every connection's window): one result per submission, in the order given.
+   * twice what every connection's window holds): one result per submission, in the order given.
    */
   readonly sendAll: <E = never, R = never, R2 = never>(
     submissions:

@@ -122,7 +122,7 @@ export const make = (
       : Math.max(1, options.maxConcurrentTransactions)
     let inFlight = 0
     let attempt: Attempt
-    /** `sendAll`'s sends at once: the cap on transactions, else one per connection's window (one without a pool). */
+    /** `sendAll`'s sends at once: the cap on transactions, else enough to keep every window full (one without a pool). */
     let sendAllConcurrency = maxInFlight ?? 1
     let closeConnections: Effect.Effect<void> = Effect.void
     if (poolOptions === undefined) {
@@ -154,7 +154,9 @@ export const make = (
         sendOptions: options.sendOptions
       })
       attempt = lanes.send
-      sendAllConcurrency = maxInFlight ?? maxConnections * window
+      // Twice what the windows hold: a connection whose queue runs dry ends its burst, and on Postfix a burst's last
+      // BDAT reply waits for the client's delayed ACK.
+      sendAllConcurrency = maxInFlight ?? 2 * maxConnections * window
       closeConnections = lanes.close
     }
     const limited: Attempt = limit === undefined ? attempt : (submission) => limit(attempt(submission))
