@@ -20,6 +20,10 @@ export const ReaderBodyTypeId: SmtpSubmission.ReaderBodyTypeId = Symbol.for(
 export const isReaderBody = (u: unknown): u is SmtpSubmission.ReaderBody<unknown, unknown> =>
   typeof u === "object" && u !== null && ReaderBodyTypeId in u
 
+/** True for a body given as bytes or a string: in memory, needing no effect to read. */
+export const isInMemory = <E, R>(body: SmtpSubmission.Body<E, R>): body is Uint8Array | string =>
+  typeof body === "string" || body instanceof Uint8Array
+
 /** The body as one array when it is already in memory, else undefined. */
 export const inMemory = <E, R>(body: SmtpSubmission.Body<E, R>): Uint8Array | undefined =>
   typeof body === "string" ? utf8.encode(body) : body instanceof Uint8Array ? body : undefined

@@ -296,7 +296,7 @@ export const make = (settings: Settings): Effect.Effect<Lanes, never, Scope.Scop
 
     const send = <E, R>(submission: SmtpSubmission.Submission<E, R>): Effect.Effect<Outcome, never, R> => {
       const body = submission.body
-      return typeof body === "string" || body instanceof Uint8Array
+      return Body.isInMemory(body)
         ? enqueue(submission as SmtpSubmission.Submission<E>, body)
         : Effect.flatMap(Effect.context<R>(), (context) => enqueue(submission, withContext(body, context)))
     }
